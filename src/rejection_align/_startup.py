@@ -1,0 +1,74 @@
+"""Start-up hook, imported by ``rejection_align.pth`` in every interpreter of the environment.
+
+It only puts a finder on ``sys.meta_path`` that waits for LLaMA-Factory's loader and argument parser to be
+imported; the real work (``rejection_align.hook``) runs then and only then. It imports nothing, returns at once
+when ``REJECTION_ALIGN_DISABLE`` is set, and never raises: a failing start-up hook would break every program.
+"""
+
+import os
+import sys
+
+
+TARGETS = frozenset(("llamafactory.data.loader", "llamafactory.hparams.parser"))
+DISABLE_ENV = "REJECTION_ALIGN_DISABLE"
+
+
+class _PatchOnImport:
+    """Meta-path finder: lets the normal finders locate a target module, then patches it once it has run."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in TARGETS:
+            return None
+
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+
+        loader = getattr(spec, "loader", None)
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None:
+            return spec
+
+        def exec_and_patch(module):
+            exec_module(module)
+            try:
+                from rejection_align import hook
+
+                hook.on_module_loaded(module)
+            except Exception as err:  # never break an import of LLaMA-Factory
+                try:
+                    from rejection_align import hook
+
+                    hook.record_failure(fullname, err)
+                except Exception:
+                    pass
+
+        try:
+            loader.exec_module = exec_and_patch  # per-spec loader object made by the path finder
+        except Exception:
+            return spec
+
+        return spec
+
+
+def activate() -> None:
+    """Put the finder on ``sys.meta_path`` once; a no-op when disabled or already active."""
+    if os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+        return
+
+    if any(type(finder).__name__ == "_PatchOnImport" for finder in sys.meta_path):
+        return
+
+    sys.meta_path.insert(0, _PatchOnImport())
+
+
+try:
+    activate()
+except Exception:
+    pass
