@@ -1,0 +1,85 @@
+"""Shared fixtures: tokenizers and templates built on the spot, and the real LLaMA-Factory processors."""
+
+import copy
+import functools
+import os
+
+import pytest
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+SENTENCE = "I'm sorry, but I cannot assist with your request"
+TEMPLATE_SPECIAL_TOKENS = ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|im_start|>", "<|im_end|>")
+
+
+@functools.lru_cache(maxsize=1)
+def _base_tokenizer():
+    from rejection_align.tiny import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(TEMPLATE_SPECIAL_TOKENS)
+
+
+def make_processor(template_name: str, settings=None, *, packed: bool = False, stock: bool = False, **data_kwargs):
+    """A real LLaMA-Factory supervised processor for ``template_name`` with a fresh tiny tokenizer.
+
+    ``stock=True`` gives LLaMA-Factory's own class; otherwise ours, with ``settings`` attached to ``data_args``
+    the way the parser hook attaches them.
+    """
+    from llamafactory.data.processor.supervised import PackedSupervisedDatasetProcessor, SupervisedDatasetProcessor
+    from llamafactory.data.template import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    from rejection_align.processor import (
+        SETTINGS_ATTR,
+        RejectionPackedSupervisedDatasetProcessor,
+        RejectionSupervisedDatasetProcessor,
+    )
+
+    tokenizer = copy.deepcopy(_base_tokenizer())
+    data_args = DataArguments(template=template_name, **{"cutoff_len": 512, **data_kwargs})
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    if settings is not None:
+        setattr(data_args, SETTINGS_ATTR, settings)
+
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    mm_processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )  # fmt: skip
+    if stock:
+        cls = PackedSupervisedDatasetProcessor if packed else SupervisedDatasetProcessor
+    else:
+        cls = RejectionPackedSupervisedDatasetProcessor if packed else RejectionSupervisedDatasetProcessor
+    return cls(template=template, tokenizer=tokenizer, processor=mm_processor, data_args=data_args)
+
+
+def batch(*conversations: list[str], images=None) -> dict[str, list]:
+    """The seven columns LLaMA-Factory's converter hands to a processor, from alternating user/assistant texts."""
+    columns = {key: [] for key in ("_prompt", "_response", "_system", "_tools", "_images", "_videos", "_audios")}
+    for index, texts in enumerate(conversations):
+        messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(texts)]
+        columns["_prompt"].append(messages[:-1])
+        columns["_response"].append(messages[-1:])
+        columns["_system"].append("")
+        columns["_tools"].append("")
+        columns["_images"].append(images[index] if images else None)
+        columns["_videos"].append(None)
+        columns["_audios"].append(None)
+
+    return columns
+
+
+@pytest.fixture
+def processor_factory():
+    return make_processor
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory):
+    from rejection_align.tiny import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
