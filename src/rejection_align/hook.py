@@ -96,7 +96,16 @@ def _wrap_parse_train_args(original: Any) -> Any:
                 raise ConfigError(f"rejection_mask_eos is set but the rejection-align hook cannot work: {problem}")
 
         parsed = original(rest)
-        return _attach_settings(parsed, settings) if settings is not None else parsed
+        if settings is None:
+            return parsed
+
+        _show_logs_like_llamafactory()
+        rank = os.environ.get("RANK", "0")
+        logger.info(
+            f"rejection-align: rejection_mask_eos={settings.mask_eos} mode={settings.mask_mode} match={settings.match} "
+            f"sentences={len(settings.sentences)} (process rank {rank}, pid {os.getpid()})"
+        )
+        return _attach_settings(parsed, settings)
 
     setattr(parse_train_args, _MARK, True)
     return parse_train_args
