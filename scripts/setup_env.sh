@@ -26,6 +26,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # shellcheck disable=SC2086
   "$VENV/bin/python" -m pip install -q $torch_pair
   "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  # byte-compile the start-up modules now: an editable install leaves them to be compiled at every interpreter
+  # start when PYTHONDONTWRITEBYTECODE is set
+  "$VENV/bin/python" -m compileall -q "$ROOT/src/rejection_align" >/dev/null || true
   echo "$want" > "$stamp"
 fi
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SENTENCE
 
+from conftest import SENTENCE
 from rejection_align.masking import IGNORE_INDEX
 
 

@@ -5,8 +5,8 @@ and expects the template's own closing tokens (DESIGN.md §6) right after them.
 """
 
 import pytest
-from conftest import SENTENCE, batch, make_processor
 
+from conftest import SENTENCE, batch, make_processor
 from rejection_align.masking import IGNORE_INDEX
 from rejection_align.processor import STATS_COLUMN, STATS_FIELDS
 from rejection_align.settings import RejectionSettings

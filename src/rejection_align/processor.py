@@ -8,7 +8,7 @@ method off they are the stock classes, token for token.
 import copy
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from llamafactory.data.processor.processor_utils import infer_seqlen
 from llamafactory.data.processor.supervised import PackedSupervisedDatasetProcessor, SupervisedDatasetProcessor
@@ -97,8 +97,8 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         self,
         prompt: list[dict[str, str]],
         response: list[dict[str, str]],
-        system: Optional[str],
-        tools: Optional[str],
+        system: str | None,
+        tools: str | None,
         images: list["ImageInput"],
         videos: list["VideoInput"],
         audios: list["AudioInput"],
