@@ -96,6 +96,17 @@ def test_the_startup_hook_patches_llamafactory_in_a_fresh_interpreter():
     assert result.stdout.strip().endswith("True")
 
 
+def test_importing_our_processor_module_first_still_leaves_llamafactory_patched():
+    # rejection_align.processor imports llamafactory.data, which imports the loader while our classes do not exist
+    result = python(
+        "import rejection_align.processor, rejection_align, llamafactory.hparams.parser; "
+        "print(rejection_align.is_installed(), rejection_align.status()['failures'])"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("True {}")
+
+
 def test_the_disable_variable_leaves_llamafactory_stock():
     result = python(
         "import llamafactory.data.loader as l; print(l.SupervisedDatasetProcessor.__module__)",

@@ -34,6 +34,7 @@ _MARK = "__rejection_align__"
 # (module name, attribute) -> original object, for uninstall()
 _ORIGINALS: dict[tuple[str, str], Any] = {}
 _FAILURES: dict[str, str] = {}
+_PENDING: set[str] = set()  # modules to patch once rejection_align.processor has finished loading
 
 
 def _llamafactory_version() -> str | None:
@@ -161,7 +162,9 @@ def _wrap_get_preprocessed_dataset(original: Any) -> Any:
         if result is None:
             return result
 
-        is_eval = kwargs.get("is_eval", args[3] if len(args) > 3 else False)  # (template, tokenizer, processor, is_eval)
+        is_eval = kwargs.get(
+            "is_eval", args[3] if len(args) > 3 else False
+        )  # (template, tokenizer, processor, is_eval)
         if not getattr(training_args, "should_log", True):
             from .processor import STATS_COLUMN
 
@@ -196,6 +199,13 @@ def patch_loader(module: Any) -> None:
         _FAILURES[LOADER_MODULE] = reason
         return
 
+    processor_module = sys.modules.get(f"{__package__}.processor")
+    if processor_module is not None and not hasattr(processor_module, "RejectionPackedSupervisedDatasetProcessor"):
+        # rejection_align.processor is being imported and is what imported LLaMA-Factory's loader (through
+        # llamafactory.data); its classes do not exist yet, so it finishes this patch when it is done
+        _PENDING.add(LOADER_MODULE)
+        return
+
     from .processor import RejectionPackedSupervisedDatasetProcessor, RejectionSupervisedDatasetProcessor
 
     _replace(module, "SupervisedDatasetProcessor", RejectionSupervisedDatasetProcessor)
@@ -203,6 +213,13 @@ def patch_loader(module: Any) -> None:
     _replace(module, "_get_preprocessed_dataset", _wrap_get_preprocessed_dataset(module._get_preprocessed_dataset))
     _FAILURES.pop(LOADER_MODULE, None)
     _show_logs_like_llamafactory()
+
+
+def patch_pending() -> None:
+    """Finish a loader patch deferred while ``rejection_align.processor`` was loading."""
+    if LOADER_MODULE in _PENDING and LOADER_MODULE in sys.modules:
+        _PENDING.discard(LOADER_MODULE)
+        on_module_loaded(sys.modules[LOADER_MODULE])
 
 
 # ------------------------------------------------------------------------------------------------------ public API
@@ -279,7 +296,9 @@ def status() -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--check", action="store_true", help="import LLaMA-Factory's loader and parser and report whether they are patched"
+        "--check",
+        action="store_true",
+        help="import LLaMA-Factory's loader and parser and report whether they are patched",
     )
 
 

@@ -223,3 +223,13 @@ class RejectionPackedSupervisedDatasetProcessor(RejectionSupervisedDatasetProces
 
         total = [sum(column) for column in zip(*stats)] if stats else [0] * len(STATS_FIELDS)
         return [total] + [[0] * len(STATS_FIELDS) for _ in range(n_rows - 1)]
+
+
+def _finish_deferred_patch() -> None:
+    """Importing this module imports LLaMA-Factory's loader, whose start-up patch needs the classes above."""
+    from . import hook
+
+    hook.patch_pending()
+
+
+_finish_deferred_patch()
