@@ -1,0 +1,168 @@
+"""Benchmark ``rejection-align mix`` against the floor: ``json.load`` of the same inputs, in the same run.
+
+Each step runs in its own subprocess; its wall time (interpreter start included, the same for every step) and its
+peak RSS (``os.wait4`` rusage of that child alone) are printed next to the parse floor:
+
+    parse floor     json.load of both inputs (both trees kept, as the reference mixing script does)
+    readme mix      2,000 rejection (60k-record source) + 5,000 instruct (665k-record file), empty index cache
+    readme repeat   the same mix again, index cache warm: the sweep case
+    full mix        all of both files, empty index cache
+    full repeat     all of both files, index cache warm
+
+Goals (from the issue): readme and full mix within 1.5x the parse time and at most its peak RSS; repeated readme mix
+under 2 s. Nothing is asserted: this prints figures. Inputs are generated under --dir (default /tmp/ra-bench) by
+make_synthetic_llava.py when missing; keep them out of the repository.
+
+    python bench/bench_mix.py                       # full size: 665k + 60k records (~1 GB)
+    python bench/bench_mix.py --records 66500 --source-records 6000 --readme 200 500   # a quick look
+"""
+
+import argparse
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import make_synthetic_llava  # noqa: E402
+
+
+PARSE_FLOOR = """
+import json, sys
+trees = []
+for path in sys.argv[1:]:
+    with open(path, encoding="utf-8") as handle:
+        trees.append(json.load(handle))
+print(sum(map(len, trees)))
+"""
+
+
+def run_step(command: list[str]) -> tuple[float, float]:
+    """Run one step in a fresh process; return (wall seconds, peak RSS in MiB) of that process alone."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = process.stdout.read()
+    _pid, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    process.stdout.close()
+    if process.returncode != 0:
+        sys.stderr.write(output.decode(errors="replace"))
+        raise SystemExit(f"step failed ({process.returncode}): {' '.join(command)}")
+    return elapsed, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+
+
+def ensure_input(path: Path, records: int, kind: str, seed: int) -> None:
+    if path.exists():
+        return
+    print(f"generating {path} ({records} records) ...", flush=True)
+    make_synthetic_llava.write_file(path, records, seed, kind)
+
+
+def warm_page_cache(*paths: Path) -> None:
+    """Read the inputs once so that no step pays for a cold disk and the comparison is about CPU and memory."""
+    for path in paths:
+        with open(path, "rb") as handle:
+            while handle.read(64 << 20):
+                pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/ra-bench"), help="where inputs and outputs go")
+    parser.add_argument("--records", type=int, default=665_000, help="records of the instruct file")
+    parser.add_argument("--source-records", type=int, default=60_000, help="records of the rejection source")
+    parser.add_argument("--readme", type=int, nargs=2, default=(2000, 5000), metavar=("N1", "N2"))
+    parser.add_argument("--repeat", type=int, default=1, help="runs per step; the fastest is reported")
+    parser.add_argument("--skip-full", action="store_true", help="leave out the full mix")
+    args = parser.parse_args(argv)
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    instruct = args.dir / f"llava_v1_5_mix{args.records // 1000}k.json"
+    source = args.dir / f"llava_med_{args.source_records // 1000}k.json"
+    ensure_input(instruct, args.records, "instruct", seed=0)
+    ensure_input(source, args.source_records, "med", seed=1)
+    warm_page_cache(source, instruct)
+    size = (instruct.stat().st_size + source.stat().st_size) / 2**20
+    print(
+        f"inputs: {source.name} ({args.source_records} records) + {instruct.name} ({args.records} records), "
+        f"{size:.0f} MiB; python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n",
+        flush=True,
+    )
+
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=args.dir))
+    python = sys.executable
+    mix = [
+        python,
+        "-m",
+        "rejection_align.cli",
+        "mix",
+        "--rejection-source",
+        str(source),
+        "--instruct",
+        str(instruct),
+        "--no-register",
+    ]
+    readme = [*mix, "--n-rejection", str(args.readme[0]), "--n-instruct", str(args.readme[1])]
+
+    results: list[tuple[str, float, float]] = []
+
+    def measure(label: str, make_command, fresh_cache: bool) -> None:
+        best_time, peak = float("inf"), 0.0
+        for attempt in range(args.repeat):
+            cache = work / f"cache-{label.replace(' ', '-')}" / (str(attempt) if fresh_cache else "shared")
+            elapsed, rss = run_step(make_command(cache))
+            best_time, peak = min(best_time, elapsed), max(peak, rss)
+        results.append((label, best_time, peak))
+        floor_time, floor_rss = results[0][1], results[0][2]
+        print(
+            f"{label:<15} {best_time:8.2f} s  ({best_time / floor_time:4.2f}x parse)   "
+            f"peak RSS {peak:8.0f} MiB  ({peak / floor_rss:4.2f}x parse)",
+            flush=True,
+        )
+
+    measure("parse floor", lambda _cache: [python, "-c", PARSE_FLOOR, str(source), str(instruct)], True)
+    readme_cache = work / "readme-cache"
+    measure("readme mix", lambda cache: [*readme, "--output", str(work / "readme-1"), "--cache-dir", str(cache)], True)
+    run_step([*readme, "--output", str(work / "readme-warmup"), "--cache-dir", str(readme_cache)])
+    measure(
+        "readme repeat",
+        lambda _c: [*readme, "--output", str(work / "readme-2"), "--cache-dir", str(readme_cache)],
+        False,
+    )
+    if not args.skip_full:
+        full_cache = work / "full-cache"
+        measure("full mix", lambda cache: [*mix, "--output", str(work / "full-1"), "--cache-dir", str(cache)], True)
+        run_step([*mix, "--output", str(work / "full-warmup"), "--cache-dir", str(full_cache)])
+        measure(
+            "full repeat", lambda _c: [*mix, "--output", str(work / "full-2"), "--cache-dir", str(full_cache)], False
+        )
+
+    same = all(
+        filecmp.cmp(a, work / "readme-2" / a.name, shallow=False) for a in sorted((work / "readme-1").iterdir())
+    )
+    print(f"\nreadme mix and its repeat byte-identical (data + manifest): {same}")
+    floor_time, floor_rss = results[0][1], results[0][2]
+    by_label = {label: (elapsed, rss) for label, elapsed, rss in results}
+    print("goals:")
+    for label in ("readme mix", "full mix"):
+        if label in by_label:
+            elapsed, rss = by_label[label]
+            print(
+                f"  {label:<13} time <= 1.5x parse: {elapsed <= 1.5 * floor_time} ({elapsed / floor_time:.2f}x), "
+                f"RSS <= parse: {rss <= floor_rss} ({rss / floor_rss:.2f}x)"
+            )
+    print(f"  readme repeat < 2 s: {by_label['readme repeat'][0] < 2.0} ({by_label['readme repeat'][0]:.2f} s)")
+    shutil.rmtree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
