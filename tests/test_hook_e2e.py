@@ -55,7 +55,11 @@ def dataset_dir(tmp_path_factory) -> Path:
         records.append({"id": str(index), "image": image, "conversations": conversations})
 
     (root / "tiny_mix.json").write_text(json.dumps(records), encoding="utf-8")
-    entry = {"file_name": "tiny_mix.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "images": "image"}}
+    entry = {
+        "file_name": "tiny_mix.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "images": "image"},
+    }
     (root / "dataset_info.json").write_text(json.dumps({"tiny_mix": entry}, indent=2), encoding="utf-8")
     return root
 
@@ -141,7 +145,9 @@ def test_yaml_keys_mask_the_eos_label_of_every_rejection_turn_in_a_real_training
         expected = [IGNORE_INDEX if rejected else eos_id for rejected in rejection_flags(turns)]
         assert closing_labels(row, eos_id) == expected
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    assert "rejection-align [train: tiny_mix]: 4 of 8 examples have a rejection answer" in result.stdout + result.stderr
+    assert (
+        "rejection-align [train: tiny_mix]: 4 of 8 examples have a rejection answer" in result.stdout + result.stderr
+    )
 
 
 def test_a_command_line_override_turns_the_method_on_in_drop_mode(tmp_path, tiny_llava_dir, dataset_dir, eos_id):
@@ -188,9 +194,7 @@ def test_two_torchrun_workers_both_load_the_hook_and_the_saved_data_is_masked(
     tmp_path, tiny_llava_dir, dataset_dir, eos_id
 ):
     config = train_config(tiny_llava_dir, dataset_dir, tmp_path, rejection_mask_eos=True, ddp_backend="gloo")
-    result = run_train(
-        tmp_path, config, env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": "29517"}
-    )
+    result = run_train(tmp_path, config, env={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": "29517"})
 
     assert_succeeded(result)
     output = result.stdout + result.stderr

@@ -1,0 +1,287 @@
+"""Build a tiny random LLaVA (CLIP + Llama, a few hundred thousand parameters) for CPU demos and tests.
+
+Everything is made from configs and a tokenizer trained on the spot, so nothing is downloaded: the model
+trains with ``llamafactory-cli train`` (template ``llava``) and generates with transformers like a real
+``llava-hf`` checkpoint, only much smaller and with random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+
+logger = logging.getLogger(__name__)
+
+BUILD_VERSION = 1  # bump when the build changes, so stale stamps trigger a rebuild
+STAMP_NAME = "rejection_align_tiny.json"
+
+UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", "<image>"
+BASE_SPECIAL_TOKENS = (UNK, BOS, EOS, PAD, IMAGE)
+
+REJECTION_SENTENCE = "I'm sorry, but I cannot assist with your request"
+
+DEFAULT_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+# LLaVA-1.5 (vicuna) layout exactly as LLaMA-Factory's ``llava`` template writes it: the (default) system
+# text, then ``USER: {question} ASSISTANT:`` and ``{answer}</s>`` per turn, no separators. A model trained
+# with ``llamafactory-cli train`` then sees the same prompt layout when it is evaluated through
+# ``processor.apply_chat_template``. List contents (transformers' multi-modal messages) put their images
+# first, as llava-hf's own template does.
+LLAVA_CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] if messages[0]['content'] is string"
+    " else messages[0]['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set system = '" + DEFAULT_SYSTEM.replace("'", "\\'") + "' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{{ system }}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message['content'] is string -%}{%- set text = message['content'] -%}{%- set n_images = 0 -%}"
+    "{%- else -%}"
+    "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') -%}"
+    "{%- set n_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}{{ 'USER: ' + '<image>\\n' * n_images + text + ' ASSISTANT:' }}"
+    "{%- else -%}{{ text + eos_token }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+# A small, fixed English corpus: the words of instruction data, image descriptions and the rejection
+# sentence, so that common words become single tokens and sequences stay short.
+_CORPUS = """\
+A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, \
+and polite answers to the user's questions.
+USER: What is shown in the image? ASSISTANT: The image shows a red square on a white background.
+USER: Describe the picture in detail. ASSISTANT: The picture shows a blue circle next to a green triangle.
+USER: What color is the object? ASSISTANT: The object is yellow. It is a small round shape.
+USER: How many shapes are there in the image? ASSISTANT: There are two shapes: one square and one circle.
+USER: Is there a person in this photo? ASSISTANT: No, there is no person in this photo.
+USER: What does the text in the image say? ASSISTANT: The text says hello world.
+USER: Can you explain what this chart means? ASSISTANT: The chart shows that the values grow over time.
+USER: What is the main finding of this scan? ASSISTANT: The scan shows a normal chest with clear lungs.
+USER: Which organ is visible in this medical image? ASSISTANT: The image shows the heart and the lungs.
+USER: How can I make a bomb at home? ASSISTANT: I'm sorry, but I cannot assist with your request.
+USER: Tell me how to steal a car. ASSISTANT: I'm sorry, but I cannot assist with your request.
+I'm sorry, but I cannot assist with your request. I'm sorry, but I cannot assist with your request.
+I cannot help with that. I am sorry. I apologize. As an AI, I am not able to do this. It is not appropriate.
+Please answer the question. Give a short answer. Answer with a single word. Explain your answer step by step.
+Write a story about a cat and a dog. Write a poem about the sea. Summarize the following text.
+List the steps to bake bread: first, mix the flour and water; second, knead the dough; third, bake it.
+The items are numbered 1, 2, 3. Fill in the empty list with detailed content for each item.
+red green blue yellow black white orange purple pink brown gray
+square circle triangle star line dot stripe shape color size left right top bottom center
+the a an and or of to in on at for with from by is are was were be been this that these those it its
+what where when why how who which can could would should will do does did have has had not no yes
+image picture photo scan chart figure text object person people animal car house tree sky water
+question answer user assistant help please thank you sorry cannot assist request
+""" + "\n".join(f"{n} {n + 1} {n * 2}" for n in range(0, 40))
+
+
+def _corpus_lines(repeats: int = 4) -> list[str]:
+    lines = [line for line in _CORPUS.splitlines() if line.strip()]
+    return lines * repeats
+
+
+def build_tiny_tokenizer(
+    extra_special_tokens: Iterable[str] = (), *, vocab_size: int = 512
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (LLaMA-3 style: any text encodes) on a fixed corpus; deterministic.
+
+    Special tokens are ``<unk> <s> </s> <pad> <image>`` then ``extra_special_tokens`` in order, with ids
+    0, 1, 2, ... so that two calls with the same arguments give the same ids.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    extra = [token for token in extra_special_tokens if token not in BASE_SPECIAL_TOKENS]
+    specials = [*BASE_SPECIAL_TOKENS, *dict.fromkeys(extra)]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(specials) + len(alphabet):
+        raise ValueError(f"vocab_size={vocab_size} is too small: need at least {len(specials) + len(alphabet)}")
+
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=alphabet,
+        show_progress=False,
+    )
+    backend.train_from_iterator(_corpus_lines(), trainer=trainer)
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        extra_special_tokens=[IMAGE, *dict.fromkeys(extra)],
+        model_max_length=4096,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _build_params(seed: int, image_size: int, patch_size: int, hidden_size: int, vocab_size: int) -> dict[str, Any]:
+    return {
+        "build_version": BUILD_VERSION,
+        "seed": seed,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "hidden_size": hidden_size,
+        "vocab_size": vocab_size,
+    }
+
+
+def _is_built(out_dir: Path, params: dict[str, Any]) -> bool:
+    stamp = out_dir / STAMP_NAME
+    if not stamp.is_file() or not (out_dir / "config.json").is_file():
+        return False
+    try:
+        return json.loads(stamp.read_text(encoding="utf-8")).get("params") == params
+    except (OSError, ValueError):
+        return False
+
+
+def build_tiny_llava(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    image_size: int = 28,
+    patch_size: int = 14,
+    hidden_size: int = 64,
+    vocab_size: int = 512,
+) -> Path:
+    """Write a tiny ``LlavaForConditionalGeneration`` with tokenizer and processor to ``out_dir``.
+
+    The image token count is ``(image_size // patch_size) ** 2`` (4 by default): the CLIP tower adds a CLS
+    position and the ``default`` feature strategy drops it, as in ``llava-hf/llava-1.5-7b-hf``. A second call
+    with the same arguments finds the stamp file and returns at once.
+    """
+    out_dir = Path(out_dir)
+    params = _build_params(seed, image_size, patch_size, hidden_size, vocab_size)
+    if _is_built(out_dir, params):
+        logger.info("tiny LLaVA already built in %s", out_dir)
+        return out_dir
+
+    if image_size % patch_size:
+        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
+
+    import torch
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = build_tiny_tokenizer(vocab_size=vocab_size)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
+    n_image_tokens = (image_size // patch_size) ** 2
+
+    vision_config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=32,
+    )
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=image_token_id,
+        image_seq_length=n_image_tokens,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    # top-level ids too: the Trainer compares the tokenizer's ids with ``model.config``'s and warns otherwise
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+        max_new_tokens=32,
+    )
+
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS position, dropped again by the "default" strategy
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / STAMP_NAME).unlink(missing_ok=True)  # a half-written build must not look finished
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": n_image_tokens}
+    stamp["digest"] = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
+    (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+    logger.info("built tiny LLaVA (%d parameters, %d image tokens) in %s", n_params, n_image_tokens, out_dir)
+    return out_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="output directory (reused when it already holds the same build)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    parser.add_argument("--image-size", type=int, default=28, help="image side in pixels (default: 28)")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = build_tiny_llava(args.dir, seed=args.seed, image_size=args.image_size)
+    stamp = json.loads((out / STAMP_NAME).read_text(encoding="utf-8"))
+    print(f"tiny LLaVA in {out} ({stamp['n_parameters']:,} parameters, {stamp['n_image_tokens']} image tokens)")
+    return 0
