@@ -7,7 +7,7 @@ processor then checks that layout against the real output before touching anythi
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 IGNORE_INDEX = -100
@@ -17,9 +17,8 @@ TOKEN = "token"  # a real input token that only closes the answer: may be remove
 LABEL = "label"  # a label carried by the next prompt's first token (efficient_eos): can only be ignored
 
 
-@dataclass(frozen=True)
-class Segment:
-    """One exchange (prompt + answer) as it sits in the encoded example."""
+class Segment(NamedTuple):
+    """One exchange (prompt + answer) as it sits in the encoded example (a tuple: built for every example)."""
 
     turn: int  # index of the exchange in the conversation (0 = first)
     source_start: int
@@ -33,33 +32,36 @@ class Segment:
         return self.target_start + self.target_len
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     segments: tuple[Segment, ...]  # in output order
     length: int  # length of input_ids
     final_eos: int | None  # position of the EOS appended by efficient_eos templates
 
 
 def layout_turns(
-    pair_lengths: Sequence[tuple[int, int]],
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
     prefix_len: int,
     cutoff_len: int,
     infer_seqlen: Callable[[int, int, int], tuple[int, int]],
     efficient_eos: bool,
     mask_history: bool,
 ) -> Layout:
-    """Replay the stock layout arithmetic on lengths only (the tokens come from the stock output)."""
+    """Replay the stock layout arithmetic on the encoded (source, target) pairs; only their lengths matter."""
     total = prefix_len + (1 if efficient_eos else 0)
-    order = list(enumerate(pair_lengths))
+    order = list(enumerate(pairs))
     if mask_history:
         order.reverse()
 
     kept: list[tuple[int, int, int, bool]] = []
-    for turn, (source_len, target_len) in order:
+    for turn, (source, target) in order:
         if total >= cutoff_len:
             break
 
-        new_source_len, new_target_len = infer_seqlen(source_len, target_len, cutoff_len - total)
+        source_len, target_len = len(source), len(target)
+        if source_len + target_len < cutoff_len - total:  # fits: infer_seqlen would return it unchanged
+            new_source_len, new_target_len = source_len, target_len
+        else:
+            new_source_len, new_target_len = infer_seqlen(source_len, target_len, cutoff_len - total)
         total += new_source_len + new_target_len
         kept.append((turn, new_source_len, new_target_len, new_target_len == target_len))
 
@@ -77,8 +79,7 @@ def layout_turns(
     return Layout(tuple(segments), total, total - 1 if efficient_eos else None)
 
 
-@dataclass(frozen=True)
-class Closing:
+class Closing(NamedTuple):
     turn: int
     positions: tuple[int, ...]
     kind: str  # TOKEN or LABEL
@@ -127,7 +128,7 @@ def apply_closings(
 
     In ``drop`` mode a LABEL closing cannot be removed without deleting a prompt token, so it is ignored instead.
     """
-    labels = list(labels)
+    labels = list(labels)  # pure: the caller keeps its lists as they were (a copy costs ~1 us per example)
     to_drop: set[int] = set()
     changed = 0
     for closing in closings:
@@ -140,7 +141,7 @@ def apply_closings(
                 changed += 1
 
     if not to_drop:
-        return list(input_ids), labels, changed
+        return input_ids, labels, changed
 
     keep = [i for i in range(len(input_ids)) if i not in to_drop]
     return [input_ids[i] for i in keep], [labels[i] for i in keep], changed

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from llamafactory.data.mm_plugin import BasePlugin
 from llamafactory.data.processor.processor_utils import infer_seqlen
 from llamafactory.data.processor.supervised import PackedSupervisedDatasetProcessor, SupervisedDatasetProcessor
 
@@ -30,6 +31,7 @@ STATS_COLUMN = "_rejection_align_stats"  # per-row counters, summed and removed 
 STATS_FIELDS = ("examples", "rejection_examples", "turns", "rejection_turns", "closed_turns", "truncated_turns",
                 "tokens_changed")  # fmt: skip
 _SENTINEL = "\u0000rejection-align\u0000"
+_NO_TURNS: frozenset[int] = frozenset()
 
 
 def settings_of(data_args: Any) -> RejectionSettings | None:
@@ -85,13 +87,27 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         self.template.encode_multiturn = self._encoder
         self._suffix_ids = [] if self.template.efficient_eos else closing_suffix_ids(self.template, self.tokenizer)
         self._efficient_eos_id = self.tokenizer.eos_token_id if self.template.efficient_eos else None
+        plugin_method = type(self.template.mm_plugin).process_token_ids
+        self._plain_token_ids = plugin_method is BasePlugin.process_token_ids
 
     def _rejection_turns(self, messages: list[dict[str, str]]) -> frozenset[int]:
-        return frozenset(
+        is_rejection = self._settings.is_rejection
+        turns = [
             index // 2
             for index in range(1, len(messages), 2)
-            if messages[index].get("role") == "assistant" and self._settings.is_rejection(messages[index]["content"])
+            if messages[index].get("role") == "assistant" and is_rejection(messages[index]["content"])
+        ]
+        return frozenset(turns) if turns else _NO_TURNS
+
+    def _prefix_len(self, images: list, videos: list, audios: list) -> int:
+        """Tokens the mm plugin puts before the first turn (PaliGemma's image tokens); none for the base plugin."""
+        if self._plain_token_ids:
+            return 0
+
+        prefix_ids, _ = self.template.mm_plugin.process_token_ids(
+            [], [], images, videos, audios, self.tokenizer, self.processor
         )
+        return len(prefix_ids)
 
     def _encode_data_example(
         self,
@@ -107,9 +123,8 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         if self._settings is None:
             return input_ids, labels
 
-        messages = prompt + response
         pairs = self._encoder.take()
-        rejection_turns = self._rejection_turns(messages)
+        rejection_turns = self._rejection_turns(prompt + response)
         stats = [1, int(bool(rejection_turns)), len(pairs), len(rejection_turns), 0, 0, 0]
         if rejection_turns:
             input_ids, labels, stats[4], stats[5], stats[6] = self._untrain_closings(
@@ -132,13 +147,10 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         audios: list["AudioInput"],
     ) -> tuple[list[int], list[int], int, int, int]:
         """Find the closing positions of the rejection turns in the stock output and apply the mask mode."""
-        prefix_ids, _ = self.template.mm_plugin.process_token_ids(
-            [], [], images, videos, audios, self.tokenizer, self.processor
-        )
         efficient_eos = self.template.efficient_eos
         layout = layout_turns(
-            [(len(source), len(target)) for source, target in pairs],
-            len(prefix_ids),
+            pairs,
+            self._prefix_len(images, videos, audios),
             self.data_args.cutoff_len,
             infer_seqlen,
             efficient_eos,
@@ -155,7 +167,11 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         if len(input_ids) != layout.length or len(labels) != len(input_ids):
             problem = f"length {len(input_ids)} (labels {len(labels)}), expected {layout.length}"
         else:
+            closed_turns = {closing.turn for closing in closings}
             for segment in layout.segments:
+                if segment.turn not in closed_turns:  # only the answers we edit need to be where we think
+                    continue
+
                 source, target = pairs[segment.turn]
                 start, end = segment.target_start, segment.target_end
                 if input_ids[start:end] != target[: segment.target_len]:
