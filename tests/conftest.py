@@ -73,6 +73,19 @@ def batch(*conversations: list[str], images=None) -> dict[str, list]:
     return columns
 
 
+def llava_record(rid, *pairs, image=None, **extra):
+    """A LLaVA-format record with one human/gpt turn per (question, answer) pair."""
+    conversations = []
+    for question, answer in pairs:
+        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    out = {"id": rid}
+    if image is not None:
+        out["image"] = image
+    out["conversations"] = conversations
+    out.update(extra)
+    return out
+
+
 @pytest.fixture
 def processor_factory():
     return make_processor

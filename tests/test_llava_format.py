@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import llava_record as record
 from rejection_align import llava_format
 from rejection_align.errors import DataError
 from rejection_align.llava_format import (
@@ -19,19 +20,6 @@ from rejection_align.llava_format import (
     scan_file,
     to_sharegpt,
 )
-
-
-def record(rid, *pairs, image=None, **extra):
-    """A LLaVA record with one human/gpt turn per (question, answer) pair."""
-    conversations = []
-    for question, answer in pairs:
-        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-    out = {"id": rid}
-    if image is not None:
-        out["image"] = image
-    out["conversations"] = conversations
-    out.update(extra)
-    return out
 
 
 def write_json(path: Path, data, **dump_args) -> Path:

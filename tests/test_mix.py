@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import llava_record as record
 from rejection_align import __version__
 from rejection_align.cli import main
 from rejection_align.llava_format import DEFAULT_REJECTION_SENTENCE
@@ -17,17 +18,6 @@ from rejection_align.record_index import FileKey, IndexCache
 
 
 SORRY = DEFAULT_REJECTION_SENTENCE
-
-
-def record(rid, *pairs, image=None):
-    conversations = []
-    for question, answer in pairs:
-        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-    out = {"id": rid}
-    if image is not None:
-        out["image"] = image
-    out["conversations"] = conversations
-    return out
 
 
 def image_record(rid, n_pairs=2, image=True):

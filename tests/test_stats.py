@@ -5,22 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import llava_record as record
 from rejection_align.cli import main
 from rejection_align.llava_format import DEFAULT_REJECTION_SENTENCE
 from rejection_align.stats import file_stats
 
 
 SORRY = DEFAULT_REJECTION_SENTENCE
-
-
-def record(rid, *pairs, image=None):
-    conversations = []
-    for question, answer in pairs:
-        conversations += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-    out = {"id": rid, "conversations": conversations}
-    if image is not None:
-        out["image"] = image
-    return out
 
 
 RECORDS = [

@@ -17,7 +17,13 @@ from .errors import DataError
 from .files import atomic_open
 from .llava_format import JsonArrayWriter, find_missing_images, missing_images_message, record_images, to_sharegpt
 from .record_index import IndexCache, build_index
-from .registry import DEFAULT_DATASET_INFO, check_registration, register_dataset, sharegpt_entry
+from .registry import (
+    DEFAULT_DATASET_INFO,
+    add_output_arguments,
+    check_registration,
+    register_dataset,
+    sharegpt_entry,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -92,21 +98,8 @@ def _check_images(images: list[str], image_dir: str | os.PathLike, allow_missing
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, metavar="FILE", help="LLaVA-format JSON array")
-    parser.add_argument("--output", required=True, type=Path, metavar="DIR", help="directory of the converted file")
     parser.add_argument("--name", help="dataset name and file stem (default: the input's stem)")
-    parser.add_argument(
-        "--dataset-info",
-        type=Path,
-        default=Path(DEFAULT_DATASET_INFO),
-        metavar="PATH",
-        help=f"dataset_info.json to register the file in (default: {DEFAULT_DATASET_INFO})",
-    )
-    parser.add_argument("--no-register", action="store_true", help="do not touch any dataset_info.json")
-    parser.add_argument("--force", action="store_true", help="replace a different registration of the same name")
-    parser.add_argument("--image-dir", type=Path, metavar="DIR", help="check that every image exists here")
-    parser.add_argument(
-        "--allow-missing-images", action="store_true", help="with --image-dir: warn instead of failing"
-    )
+    add_output_arguments(parser, "converted file")
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="index cache directory (see `mix --help`)")
     parser.add_argument("--no-cache", action="store_true", help="do not store the file's index in the cache")
 

@@ -43,7 +43,13 @@ from .llava_format import (
     to_sharegpt,
 )
 from .record_index import IndexCache, RecordSource
-from .registry import DEFAULT_DATASET_INFO, check_registration, register_dataset, sharegpt_entry
+from .registry import (
+    DEFAULT_DATASET_INFO,
+    add_output_arguments,
+    check_registration,
+    register_dataset,
+    sharegpt_entry,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -468,19 +474,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default: {DEFAULT_SEED})")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--output", required=True, type=Path, metavar="DIR", help="directory of the mix and its manifest")
     out.add_argument("--name", help="dataset name and file stem (default: {n1}_{stem1}_{n2}_{stem2}{suffix})")
-    out.add_argument(
-        "--dataset-info",
-        type=Path,
-        default=Path(DEFAULT_DATASET_INFO),
-        metavar="PATH",
-        help=f"dataset_info.json to register the mix in (default: {DEFAULT_DATASET_INFO})",
-    )
-    out.add_argument("--no-register", action="store_true", help="do not touch any dataset_info.json")
-    out.add_argument("--force", action="store_true", help="replace a different registration of the same name")
-    out.add_argument("--image-dir", type=Path, metavar="DIR", help="check that every image of the mix exists here")
-    out.add_argument("--allow-missing-images", action="store_true", help="with --image-dir: warn instead of failing")
+    add_output_arguments(out, "mix")
 
     cache = parser.add_argument_group("index cache")
     cache.add_argument(

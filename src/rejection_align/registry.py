@@ -140,6 +140,26 @@ def register_dataset(
 # --------------------------------------------------------------------------------------------------- command line
 
 
+def add_output_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
+    """The output, registration and image-check options that ``mix`` and ``convert`` share."""
+    parser.add_argument("--output", required=True, type=Path, metavar="DIR", help=f"directory of the {what}")
+    parser.add_argument(
+        "--dataset-info",
+        type=Path,
+        default=Path(DEFAULT_DATASET_INFO),
+        metavar="PATH",
+        help=f"dataset_info.json to register the {what} in (default: {DEFAULT_DATASET_INFO})",
+    )
+    parser.add_argument("--no-register", action="store_true", help="do not touch any dataset_info.json")
+    parser.add_argument("--force", action="store_true", help="replace a different registration of the same name")
+    parser.add_argument(
+        "--image-dir", type=Path, metavar="DIR", help=f"check that every image of the {what} exists here"
+    )
+    parser.add_argument(
+        "--allow-missing-images", action="store_true", help="with --image-dir: warn instead of failing"
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="dataset name, as used in the training YAML (dataset: NAME)")
     parser.add_argument("--file", required=True, type=Path, help="the sharegpt JSON file to register")

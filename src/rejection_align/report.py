@@ -111,14 +111,22 @@ def plot_summary(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def write_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``summary.json``, ``summary.md`` and ``asr.png`` into ``out_dir``; returns their paths."""
+def _write_report(
+    data: dict[str, Any], out_dir: str | os.PathLike, names: tuple[str, str, str], markdown, plot
+) -> list[Path]:
+    """Write ``data`` as JSON, its Markdown table and its chart under ``names`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / SUMMARY_JSON, summary)
-    atomic_write_text(out_dir / SUMMARY_MD, summary_markdown(summary))
-    plot_summary(summary, out_dir / SUMMARY_PNG)
-    return [out_dir / SUMMARY_JSON, out_dir / SUMMARY_MD, out_dir / SUMMARY_PNG]
+    paths = [out_dir / name for name in names]
+    atomic_write_json(paths[0], data)
+    atomic_write_text(paths[1], markdown(data))
+    plot(data, paths[2])
+    return paths
+
+
+def write_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``summary.json``, ``summary.md`` and ``asr.png`` into ``out_dir``; returns their paths."""
+    return _write_report(summary, out_dir, (SUMMARY_JSON, SUMMARY_MD, SUMMARY_PNG), summary_markdown, plot_summary)
 
 
 def compare(run_a: dict[str, Any], run_b: dict[str, Any], *, labels: Sequence[str] = ("A", "B")) -> dict[str, Any]:
@@ -206,9 +214,4 @@ def plot_compare(comparison: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def write_compare(comparison: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
     """Write ``compare.json``, ``compare.md`` and ``compare.png`` into ``out_dir``; returns their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / COMPARE_JSON, comparison)
-    atomic_write_text(out_dir / COMPARE_MD, compare_markdown(comparison))
-    plot_compare(comparison, out_dir / COMPARE_PNG)
-    return [out_dir / COMPARE_JSON, out_dir / COMPARE_MD, out_dir / COMPARE_PNG]
+    return _write_report(comparison, out_dir, (COMPARE_JSON, COMPARE_MD, COMPARE_PNG), compare_markdown, plot_compare)
