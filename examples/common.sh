@@ -38,6 +38,15 @@ check_model_kind() {  # check_model_kind MODEL KIND
   case " $KINDS " in *" $2 "*) ;; *) die "unknown kind '$2'; choose one of: $KINDS" ;; esac
 }
 
+model_and_kind() {  # model_and_kind "USAGE" "$@": sets MODEL and KIND (default: rejection), both checked
+  local usage=$1
+  shift
+  [ $# -ge 1 ] || die "usage: $usage; MODEL: $MODELS"
+  MODEL=$1
+  KIND=${2:-rejection}
+  check_model_kind "$MODEL" "$KIND"
+}
+
 gpu_count() {
   if command -v nvidia-smi >/dev/null 2>&1; then
     nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true

@@ -3,14 +3,12 @@
 #
 #   bash examples/evaluate.sh MODEL [rejection|baseline] [ADAPTER_DIR]
 #
-# Writes $RESULTS_DIR/MODEL/KIND/{mmsafetybench,figstep}/ (JSONL answers, resumable) and judge summaries
-# (summary.json, summary.md, asr.png). When both the rejection and the baseline runs exist, also a comparison.
+# Writes $RESULTS_DIR/MODEL/RUN/{mmsafetybench,figstep}/ (JSONL answers, resumable) and judge summaries
+# (summary.json, summary.md, asr.png); RUN is the adapter folder's name, KIND for the configs' own adapters. When
+# both the configs' rejection and baseline runs have been evaluated, also a comparison.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-[ $# -ge 1 ] || die "usage: bash examples/evaluate.sh MODEL [rejection|baseline] [ADAPTER_DIR]; MODEL: $MODELS"
-MODEL=$1
-KIND=${2:-rejection}
-check_model_kind "$MODEL" "$KIND"
+model_and_kind "bash examples/evaluate.sh MODEL [rejection|baseline] [ADAPTER_DIR]" "$@"
 CONFIG="configs/${MODEL}_lora_${KIND}.yaml"
 BASE=$(yaml_get "$CONFIG" model_name_or_path)
 ADAPTER=${3:-$(yaml_get "$CONFIG" output_dir)}
@@ -38,7 +36,8 @@ fi
 
 OTHER=$([ "$KIND" = rejection ] && echo baseline || echo rejection)
 OTHER_OUT="$RESULTS_DIR/$MODEL/$OTHER"
-if [ -d "$OTHER_OUT/mmsafetybench" ]; then
+# only for the configs' own adapters: another ADAPTER_DIR (ratio_sweep.sh) is not one side of that comparison
+if [ "$OUT" = "$RESULTS_DIR/$MODEL/$KIND" ] && [ -d "$OTHER_OUT/mmsafetybench" ]; then
   for MODE_DIR in "$OUT"/mmsafetybench/*/; do
     MODE=$(basename "$MODE_DIR")
     [ -d "$OTHER_OUT/mmsafetybench/$MODE" ] || continue

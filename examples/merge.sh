@@ -6,10 +6,7 @@
 # Runs on CPU (export_device: cpu) but needs about 2x the model size in RAM (~30 GB for 7B in bf16).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-[ $# -ge 1 ] || die "usage: bash examples/merge.sh MODEL [rejection|baseline]; MODEL: $MODELS"
-MODEL=$1
-KIND=${2:-rejection}
-check_model_kind "$MODEL" "$KIND"
+model_and_kind "bash examples/merge.sh MODEL [rejection|baseline]" "$@"
 CONFIG="configs/merge/${MODEL}_lora_${KIND}.yaml"
 ADAPTER=$(yaml_get "$CONFIG" adapter_name_or_path)
 need_file "$ADAPTER/adapter_config.json" "train it first: bash examples/train.sh $MODEL $KIND"

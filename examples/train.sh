@@ -10,11 +10,8 @@
 # Several nodes: docs/training.md (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT on each node).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-[ $# -ge 1 ] || die "usage: bash examples/train.sh MODEL [rejection|baseline] [key=value ...]; MODEL: $MODELS"
-MODEL=$1
-KIND=${2:-rejection}
+model_and_kind "bash examples/train.sh MODEL [rejection|baseline] [key=value ...]" "$@"
 shift $(( $# >= 2 ? 2 : 1 ))
-check_model_kind "$MODEL" "$KIND"
 CONFIG="configs/${MODEL}_lora_${KIND}.yaml"
 
 need_gpus 1 "LoRA training of a 6-8B model; the paper used 4 GPUs with at least 45 GB each"

@@ -6,22 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import llava_record as record
 from rejection_align.cli import main
 
 
-def record(rid, question, answer, image=None, **extra):
-    out = {"id": rid}
-    if image is not None:
-        out["image"] = image
-    out["conversations"] = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-    out.update(extra)
-    return out
-
-
 RECORDS = [
-    record(1, "<image>\nWhat is it?", "A cat.", image="coco/1.jpg"),
-    record("0002", "Tell me a joke.", "No."),
-    record("x3", "<image>\n<image>\nCompare.", "Same é.", image=["a.jpg", "b.jpg"], model="v1"),
+    record(1, ("<image>\nWhat is it?", "A cat."), image="coco/1.jpg"),
+    record("0002", ("Tell me a joke.", "No.")),
+    record("x3", ("<image>\n<image>\nCompare.", "Same é."), image=["a.jpg", "b.jpg"], model="v1"),
 ]
 
 
@@ -82,7 +74,7 @@ def test_convert_of_the_same_file_twice_is_byte_identical(source):
 
 
 def test_convert_bad_record_exits_2_naming_it_and_writes_nothing(source, capsys):
-    bad = [*RECORDS, record("z", "<image>\nq", "a")]  # a tag, no image
+    bad = [*RECORDS, record("z", ("<image>\nq", "a"))]  # a tag, no image
     source.write_text(json.dumps(bad))
     assert convert(source) == 2
     err = capsys.readouterr().err
@@ -95,6 +87,25 @@ def test_convert_refuses_to_overwrite_its_input(source, capsys):
     assert code == 2
     assert "would overwrite the input" in capsys.readouterr().err
     assert json.loads(source.read_text()) == RECORDS
+
+
+def test_convert_named_dataset_info_is_refused_and_the_registry_survives(source, capsys):
+    data = source.parent / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_text(json.dumps({"keep_me": {"file_name": "k.json"}}))
+    assert convert(source, "--name", "dataset_info") == 2
+    assert "would overwrite a dataset_info.json" in capsys.readouterr().err
+    assert json.loads((data / "dataset_info.json").read_text()) == {"keep_me": {"file_name": "k.json"}}
+    assert sorted(p.name for p in data.iterdir()) == ["dataset_info.json"]
+
+
+def test_convert_to_an_output_that_is_a_file_exits_2_with_a_message(source, capsys):
+    blocker = source.parent / "not_a_dir"
+    blocker.write_text("x")
+    assert main(["convert", str(source), "--output", str(blocker), "--no-register"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rejection-align convert: error: ") and str(blocker) in err
+    assert "Traceback" not in err
 
 
 def test_convert_refuses_a_different_registration_without_force(source, capsys):

@@ -19,30 +19,15 @@ MAX_NEW_TOKENS = "8"
 RECORD_KEYS = {"id", "scenario", "mode", "prompt", "image", "continuation", "model", "adapter", "benign"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        yield
-
-
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from rejection_align.tiny import build_tiny_llava
-
-    return build_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava")
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_model, tmp_path_factory) -> Path:
+def adapter(tiny_llava_dir, tmp_path_factory) -> Path:
     """A real LoRA adapter on the tiny model's language model, with random (non-zero) B so it changes answers."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlavaForConditionalGeneration
 
     torch.manual_seed(1)
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_model)
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
     config = LoraConfig(
         r=4, lora_alpha=16, target_modules=r".*language_model.*\.(q_proj|v_proj|o_proj)", init_lora_weights=False
     )
@@ -79,16 +64,26 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def cli_generate(model: Path, data: Path, out: Path, *extra: str) -> int:
     args = ["generate", "--benchmark", "mmsafetybench", "--data", str(data), "--model", str(model)]
-    args += ["--output", str(out), "--scenarios", *SCENARIOS, "--max-new-tokens", MAX_NEW_TOKENS, "--no-progress"]
+    args += [
+        "--output",
+        str(out),
+        "--scenarios",
+        *SCENARIOS,
+        "--max-new-tokens",
+        MAX_NEW_TOKENS,
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     return main([*args, *extra])
 
 
 @pytest.fixture(scope="module")
-def mmsb_run(tiny_model, tmp_path_factory) -> Path:
+def mmsb_run(tiny_llava_dir, tmp_path_factory) -> Path:
     """One CLI run over a miniature MM-SafetyBench (2 scenarios x 2 questions, SD_TYPO), batch size 4."""
     data = make_mmsafetybench(tmp_path_factory.mktemp("mmsb"))
     out = tmp_path_factory.mktemp("runs") / "base"
-    assert cli_generate(tiny_model, data, out, "--batch-size", "4") == 0
+    assert cli_generate(tiny_llava_dir, data, out, "--batch-size", "4") == 0
     return out
 
 
@@ -119,19 +114,20 @@ def test_generated_files_judge_directly(mmsb_run, tmp_path):
     assert json.loads((tmp_path / "judged" / "summary.json").read_text())["total"]["n"] == 4
 
 
-def test_rerunning_a_finished_run_generates_nothing_new(mmsb_run, tiny_model, tmp_path, capsys):
+def test_rerunning_a_finished_run_generates_nothing_new(mmsb_run, tiny_llava_dir, tmp_path, capsys):
     data = make_mmsafetybench(tmp_path / "mmsb")
     before = (mmsb_run / "SD_TYPO" / "01-Illegal_Activitiy.jsonl").read_text()
-    assert cli_generate(tiny_model, data, mmsb_run) == 0
+    assert cli_generate(tiny_llava_dir, data, mmsb_run) == 0
     assert "0 answers generated, 4 already there" in capsys.readouterr().out
     assert (mmsb_run / "SD_TYPO" / "01-Illegal_Activitiy.jsonl").read_text() == before
 
 
-def test_a_figstep_folder_is_answered_with_the_fixed_instruction(tiny_model, tmp_path):
+def test_a_figstep_folder_is_answered_with_the_fixed_instruction(tiny_llava_dir, tmp_path):
+    data = tmp_path / "SafeBench"
+    data.mkdir()
     for name in ("query_ForbidQI_1_1_6", "query_ForbidQI_1_2_6"):
-        (tmp_path / "SafeBench").mkdir(exist_ok=True)
-        Image.new("RGB", (40, 40), "white").save(tmp_path / "SafeBench" / f"{name}.png")
-    args = ["generate", "--benchmark", "figstep", "--data", str(tmp_path / "SafeBench"), "--model", str(tiny_model)]
+        Image.new("RGB", (40, 40), "white").save(data / f"{name}.png")
+    args = ["generate", "--benchmark", "figstep", "--data", str(data), "--model", str(tiny_llava_dir)]
     assert main([*args, "--output", str(tmp_path / "out"), "--max-new-tokens", MAX_NEW_TOKENS, "--no-progress"]) == 0
     records = read_jsonl(tmp_path / "out" / "figstep.jsonl")
     assert [r["id"] for r in records] == ["query_ForbidQI_1_1_6", "query_ForbidQI_1_2_6"]
@@ -141,7 +137,7 @@ def test_a_figstep_folder_is_answered_with_the_fixed_instruction(tiny_model, tmp
 # --- batching -------------------------------------------------------------------------------------------------
 
 
-def test_batch_sizes_1_and_4_give_the_same_greedy_answers(tiny_model, tmp_path):
+def test_batch_sizes_1_and_4_give_the_same_greedy_answers(tiny_llava_dir, tmp_path):
     items = []
     for i in range(6):  # prompts of different lengths, with and without images, so that batches need padding
         image = None
@@ -149,7 +145,7 @@ def test_batch_sizes_1_and_4_give_the_same_greedy_answers(tiny_model, tmp_path):
             image = str(tmp_path / f"{i}.jpg")
             Image.new("RGB", (20 + 7 * i, 30), (30 * i, 90, 160)).save(image)
         items.append(Item(str(i), "s", "m", "What is shown in the image? " + "Please answer. " * i, image, "out"))
-    generator = HFGenerator(tiny_model, device="cpu")
+    generator = HFGenerator(tiny_llava_dir, device="cpu")
     one = [generator.generate([item], max_new_tokens=8)[0] for item in items]
     four = generator.generate(items[:4], max_new_tokens=8) + generator.generate(items[4:], max_new_tokens=8)
     assert one == four
@@ -219,16 +215,18 @@ def test_overwrite_discards_earlier_answers(tmp_path):
 # --- adapters -------------------------------------------------------------------------------------------------
 
 
-def test_a_lora_adapter_is_applied_and_recorded(tiny_model, adapter, mmsb_run, tmp_path):
+def test_a_lora_adapter_is_applied_and_recorded(tiny_llava_dir, adapter, mmsb_run, tmp_path):
     data = make_mmsafetybench(tmp_path / "mmsb")
-    assert cli_generate(tiny_model, data, tmp_path / "tuned", "--adapter", str(adapter)) == 0
+    assert cli_generate(tiny_llava_dir, data, tmp_path / "tuned", "--adapter", str(adapter)) == 0
     tuned = read_jsonl(tmp_path / "tuned" / "SD_TYPO" / "01-Illegal_Activitiy.jsonl")
     base = read_jsonl(mmsb_run / "SD_TYPO" / "01-Illegal_Activitiy.jsonl")
     assert {r["adapter"] for r in tuned} == {str(adapter)}
     assert [r["continuation"] for r in tuned] != [r["continuation"] for r in base]
 
 
-def test_an_adapter_trained_on_another_base_model_is_refused_before_generation(tiny_model, adapter, tmp_path, capsys):
+def test_an_adapter_trained_on_another_base_model_is_refused_before_generation(
+    tiny_llava_dir, adapter, tmp_path, capsys
+):
     config_path = adapter.parent / "other-lora" / "adapter_config.json"
     config_path.parent.mkdir(exist_ok=True)
     config = json.loads((adapter / "adapter_config.json").read_text())
@@ -237,16 +235,16 @@ def test_an_adapter_trained_on_another_base_model_is_refused_before_generation(t
     )
     config_path.write_text(json.dumps({**config, "base_model_name_or_path": "llava-hf/llava-1.5-7b-hf"}))
     data = make_mmsafetybench(tmp_path / "mmsb")
-    assert cli_generate(tiny_model, data, tmp_path / "out", "--adapter", str(config_path.parent)) == 2
+    assert cli_generate(tiny_llava_dir, data, tmp_path / "out", "--adapter", str(config_path.parent)) == 2
     assert "was trained on 'llava-hf/llava-1.5-7b-hf'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
-def test_an_adapter_whose_shapes_do_not_fit_the_base_model_is_refused(adapter, tmp_path):
+def test_an_adapter_whose_shapes_do_not_fit_the_base_model_is_refused(tiny_llava_dir, adapter, tmp_path):
     from rejection_align.tiny import build_tiny_llava
 
     # same folder name as the adapter's base (so the name check passes), but a hidden size of 32, not 64
-    other = build_tiny_llava(tmp_path / "elsewhere" / "tiny-llava", hidden_size=32)
+    other = build_tiny_llava(tmp_path / "elsewhere" / tiny_llava_dir.name, hidden_size=32)
     with pytest.raises(ConfigError, match="does not fit the base model.*size mismatch"):
         HFGenerator(other, adapter=adapter, device="cpu")
 

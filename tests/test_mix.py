@@ -423,6 +423,17 @@ def test_existing_different_registration_fails_before_writing_unless_force(work,
     assert json.loads(work.info.read_text())["m"]["file_name"] == "m.json"
 
 
+@pytest.mark.parametrize("register", [True, False])
+def test_a_mix_named_dataset_info_is_refused_and_the_registry_survives(work, capsys, register):
+    work.info.parent.mkdir()
+    work.info.write_text(json.dumps({"keep_me": {"file_name": "k.json"}}))
+    extra = () if register else ("--no-register",)
+    assert work.run("--n-rejection", "3", "--name", "dataset_info", *extra) == 2
+    assert "would overwrite a dataset_info.json" in capsys.readouterr().err
+    assert json.loads(work.info.read_text()) == {"keep_me": {"file_name": "k.json"}}
+    assert work.files() == ["dataset_info.json"]
+
+
 def test_no_register_leaves_dataset_info_alone(work):
     assert work.run("--n-rejection", "3", "--name", "m", "--no-register") == 0
     assert not work.info.exists()

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from rejection_align.cli import main as cli_main
-from rejection_align.tiny import IMAGE, REJECTION_SENTENCE, STAMP_NAME, build_tiny_llava, build_tiny_tokenizer
+from rejection_align.llava_format import DEFAULT_REJECTION_SENTENCE as REJECTION_SENTENCE
+from rejection_align.tiny import IMAGE, STAMP_NAME, build_tiny_llava, build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -37,17 +37,12 @@ class _PatchOnImport:
 
         def exec_and_patch(module):
             exec_module(module)
-            try:
+            try:  # on_module_loaded records its own failures; this guards the import of the hook itself
                 from rejection_align import hook
 
                 hook.on_module_loaded(module)
-            except Exception as err:  # never break an import of LLaMA-Factory
-                try:
-                    from rejection_align import hook
-
-                    hook.record_failure(fullname, err)
-                except Exception:
-                    pass
+            except Exception:  # never break an import of LLaMA-Factory
+                pass
 
         try:
             loader.exec_module = exec_and_patch  # per-spec loader object made by the path finder
@@ -57,9 +52,13 @@ class _PatchOnImport:
         return spec
 
 
+def is_disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def activate() -> None:
     """Put the finder on ``sys.meta_path`` once; a no-op when disabled or already active."""
-    if os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+    if is_disabled():
         return
 
     if any(type(finder).__name__ == "_PatchOnImport" for finder in sys.meta_path):

@@ -26,7 +26,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +87,6 @@ class Item:
     def key(self) -> tuple[str, str, str]:
         """What makes an answer already done when a run resumes."""
         return (self.id, self.scenario, self.mode)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _natural_key(text: str) -> list[Any]:

@@ -36,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue  # not built yet
-
+        module = importlib.import_module(module_name)
         doc = (module.__doc__ or "").strip().splitlines()
         summary = doc[0] if doc else name
         sub = subparsers.add_parser(name, help=summary, description=(module.__doc__ or summary).strip())
@@ -74,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:  # an unreadable input or an unwritable output: the user's to fix, like bad data
+        if args.verbose:
+            raise
+        print(f"rejection-align {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from .record_index import IndexCache, build_index
 from .registry import (
     DEFAULT_DATASET_INFO,
     add_output_arguments,
+    check_output_path,
     check_registration,
     register_dataset,
     sharegpt_entry,
@@ -57,8 +58,7 @@ def convert(
     if "/" in name or "\\" in name or name in (".", ".."):
         raise DataError(f"--name {name!r}: must be a plain name (no path separators)")
     output = Path(output_dir) / f"{name}.json"
-    if os.path.abspath(output) == os.path.abspath(path):
-        raise DataError(f"{output}: the output would overwrite the input; choose another --output or --name")
+    check_output_path(output, dataset_info, {"file": path})
     entry = sharegpt_entry(output, dataset_info) if dataset_info is not None else None
     if entry is not None:
         check_registration(dataset_info, name, entry, force=force)

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .llava_format import DEFAULT_REJECTION_SENTENCE as SENTENCE
+from .masking import IGNORE_INDEX
 
 
 DEFAULT_OUT = "demo_out"
 DEMO_CONFIG = "configs/demo_tiny_llava.yaml"
 DEMO_DATA = "data/demo"
 DATASET_NAME = "demo_mix"
-SENTENCE = "I'm sorry, but I cannot assist with your request"
-IGNORE_INDEX = -100
 
 
 def find_project_file(relative: str) -> Path:
@@ -84,13 +84,13 @@ def train_command(config: Path, overrides: dict[str, Any]) -> list[str]:
     return [*llamafactory_cli(), "train", str(config), *args]
 
 
-def run_logged(command: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
-    """Run ``command`` with its output in ``log_path``; returns the exit status."""
+def run_logged(command: list[str], log_path: Path) -> int:
+    """Run ``command`` (in :func:`subprocess_env`) with its output in ``log_path``; returns the exit status."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env or subprocess_env()).returncode
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env()).returncode
 
 
 def tail(path: Path, n: int = 25) -> str:
@@ -101,26 +101,24 @@ def tail(path: Path, n: int = 25) -> str:
 # ---------------------------------------------------------------------------------------------- the mask, shown
 
 
-def find_masked_closing_token(input_ids: list[int], labels: list[int], closing_ids: set[int]) -> int | None:
-    """Position of the first closing token whose label is ignored although the answer before it is trained."""
-    for pos in range(1, len(input_ids)):
-        if input_ids[pos] in closing_ids and labels[pos] == IGNORE_INDEX and labels[pos - 1] != IGNORE_INDEX:
-            return pos
-    return None
+def answer_ends(input_ids: list[int], labels: list[int], closing_ids: set[int]) -> list[int]:
+    """Positions of the closing tokens that end a trained answer (the token before them is trained)."""
+    return [
+        pos for pos in range(1, len(input_ids)) if input_ids[pos] in closing_ids and labels[pos - 1] != IGNORE_INDEX
+    ]
 
 
-def find_trained_closing_token(input_ids: list[int], labels: list[int], closing_ids: set[int]) -> int | None:
-    for pos in range(1, len(input_ids)):
-        if input_ids[pos] in closing_ids and labels[pos] == input_ids[pos] and labels[pos - 1] != IGNORE_INDEX:
-            return pos
-    return None
+def answer_start(labels: list[int], end: int) -> int:
+    """First position of the trained answer that closes at ``end``."""
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return start
 
 
 def describe_turn(tokenizer: Any, input_ids: list[int], labels: list[int], end: int, width: int = 8) -> list[str]:
     """A token/label table for the answer that closes at ``end``: the last ``width`` tokens of it."""
-    start = end
-    while start > 0 and labels[start - 1] != IGNORE_INDEX:
-        start -= 1
+    start = answer_start(labels, end)
     answer = tokenizer.decode(input_ids[start : end + 1])
     rows = [f"answer: {answer!r}", f"{'token':>22}  {'input_id':>8}  {'label':>6}"]
     first = max(start, end + 1 - width)
@@ -148,17 +146,16 @@ def show_rejection_example(tokenized_dir: Path, model_dir: Path) -> tuple[list[s
     counts = {"examples": len(dataset), "masked_closing_tokens": 0, "trained_closing_tokens": 0}
     for index, row in enumerate(dataset):
         ids, labels = row["input_ids"], row["labels"]
-        for pos in range(1, len(ids)):
-            if ids[pos] in closing and labels[pos - 1] != IGNORE_INDEX:
-                key = "masked_closing_tokens" if labels[pos] == IGNORE_INDEX else "trained_closing_tokens"
-                counts[key] += 1
-        if masked_example is None and (pos := find_masked_closing_token(ids, labels, closing)) is not None:
-            masked_example = (index, ids, labels, pos)
-        if normal_example is None and (pos := find_trained_closing_token(ids, labels, closing)) is not None:
-            answer_start = pos
-            while answer_start > 0 and labels[answer_start - 1] != IGNORE_INDEX:
-                answer_start -= 1
-            if SENTENCE not in tokenizer.decode(ids[answer_start:pos]):
+        ends = answer_ends(ids, labels, closing)
+        masked = [pos for pos in ends if labels[pos] == IGNORE_INDEX]
+        trained = [pos for pos in ends if labels[pos] == ids[pos]]
+        counts["masked_closing_tokens"] += len(masked)
+        counts["trained_closing_tokens"] += len(ends) - len(masked)
+        if masked_example is None and masked:
+            masked_example = (index, ids, labels, masked[0])
+        if normal_example is None and trained:
+            pos = trained[0]
+            if SENTENCE not in tokenizer.decode(ids[answer_start(labels, pos) : pos]):
                 normal_example = (index, ids, labels, pos)
 
     lines = []

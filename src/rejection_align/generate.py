@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -73,9 +74,7 @@ def read_adapter_config(adapter: str | os.PathLike) -> dict[str, Any]:
 
 def _same_model_name(a: str, b: str) -> bool:
     """Same model under two spellings: equal paths, or equal last components (hub id vs. a local copy of it)."""
-    if os.path.exists(a) and os.path.exists(b) and os.path.realpath(a) == os.path.realpath(b):
-        return True
-    return Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
+    return _same_ref(a, b) or Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
 
 
 def check_adapter_base(adapter: str | os.PathLike, model: str | os.PathLike, *, force: bool = False) -> None:
@@ -327,7 +326,7 @@ class VLLMGenerator:
         if max_model_len is not None:
             options["max_model_len"] = max_model_len
         self.processor = AutoProcessor.from_pretrained(model)
-        self.llm = LLM(model=str(model), dtype="auto" if dtype == "auto" else dtype, **options)
+        self.llm = LLM(model=str(model), dtype=dtype, **options)
 
     def generate(self, items: Sequence[Item], *, max_new_tokens: int, temperature: float = 0.0) -> list[str]:
         from vllm import SamplingParams
@@ -506,7 +505,7 @@ def load_items(args: argparse.Namespace) -> list[Item]:
     else:
         items = load_benchmark("generic", args.data, image_dir=args.image_root, benign=args.benign)
     if args.benign and args.benchmark != "generic":
-        items = [Item(**{**item.to_dict(), "benign": True}) for item in items]
+        items = [dataclasses.replace(item, benign=True) for item in items]
     if args.limit is not None:
         items = items[: args.limit]
     return items

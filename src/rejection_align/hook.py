@@ -121,13 +121,16 @@ def patch_parser(module: Any) -> None:
 # ------------------------------------------------------------------------------------------------- dataset loader
 
 
-def _log_counts(dataset: Any, data_args: Any, is_eval: bool) -> Any:
+def _log_counts(dataset: Any, data_args: Any, is_eval: bool, should_log: bool) -> Any:
     """Sum the per-row counters into one log line and drop the column before anything else sees it."""
     from .processor import STATS_COLUMN, STATS_FIELDS, settings_of
 
     columns = getattr(dataset, "column_names", None) or []
     if STATS_COLUMN not in columns:
         return dataset
+
+    if not should_log:
+        return dataset.remove_columns([STATS_COLUMN])
 
     settings = settings_of(data_args)
     names = ", ".join(data_args.eval_dataset if is_eval and data_args.eval_dataset else data_args.dataset or [])
@@ -162,16 +165,9 @@ def _wrap_get_preprocessed_dataset(original: Any) -> Any:
         if result is None:
             return result
 
-        is_eval = kwargs.get(
-            "is_eval", args[3] if len(args) > 3 else False
-        )  # (template, tokenizer, processor, is_eval)
-        if not getattr(training_args, "should_log", True):
-            from .processor import STATS_COLUMN
-
-            columns = getattr(result, "column_names", None) or []
-            return result.remove_columns([STATS_COLUMN]) if STATS_COLUMN in columns else result
-
-        return _log_counts(result, data_args, is_eval)
+        # the rest of the signature is (template, tokenizer, processor, is_eval)
+        is_eval = kwargs.get("is_eval", args[3] if len(args) > 3 else False)
+        return _log_counts(result, data_args, is_eval, getattr(training_args, "should_log", True))
 
     setattr(get_preprocessed_dataset, _MARK, True)
     return get_preprocessed_dataset
@@ -284,7 +280,7 @@ def status() -> dict[str, Any]:
         "llamafactory": _llamafactory_version(),
         "supported": _unsupported_reason() is None,
         "startup_hook_active": any(type(f).__name__ == "_PatchOnImport" for f in sys.meta_path),
-        "disabled_by_env": os.environ.get(_startup.DISABLE_ENV, "") not in ("", "0", "false", "no"),
+        "disabled_by_env": _startup.is_disabled(),
         "parser_patched": _is_patched(PARSER_MODULE),
         "loader_patched": _is_patched(LOADER_MODULE),
         "failures": dict(_FAILURES),

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .settings import DEFAULT_SENTENCE as DEFAULT_REJECTION_SENTENCE  # noqa: F401 (re-exported for the data commands)
 
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ HUMAN = "human"
 GPT = "gpt"
 IMAGE_TAG = "<image>"
 WHAT_ABOUT = "what about"
-DEFAULT_REJECTION_SENTENCE = "I'm sorry, but I cannot assist with your request"
 
 #: the columns of a LLaMA-Factory sharegpt dataset registered for our output files
 SHAREGPT_COLUMNS = {"messages": "conversations", "images": "image"}
@@ -568,7 +568,8 @@ def plain_record_to_sharegpt(data: bytes) -> tuple[bytes, list[str]] | None:
 
     The conversations are copied as they are in the input, with line breaks deleted so that each record is one output
     line (JSON strings hold no raw line breaks: those are white space between tokens; the indentation after them
-    stays, as more white space); only ``id`` (quoted if an integer) and ``image`` (put in a list) are rewritten. This is what makes a full mix cost one parse instead of a parse, a second decode and an encode.
+    stays, as more white space); only ``id`` (quoted if an integer) and ``image`` (put in a list) are rewritten.
+    This is what makes a full mix cost one parse instead of a parse, a second decode and an encode.
     """
     match = _PLAIN_PREFIX_BYTES.match(data)
     if match is None or not data.endswith(b"}"):

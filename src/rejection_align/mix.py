@@ -46,6 +46,7 @@ from .record_index import IndexCache, RecordSource
 from .registry import (
     DEFAULT_DATASET_INFO,
     add_output_arguments,
+    check_output_path,
     check_registration,
     register_dataset,
     sharegpt_entry,
@@ -295,9 +296,9 @@ def _mix(options: MixOptions) -> MixResult:
     name = options.name or default_name(options, n1, n2)
     output = options.output / f"{name}.json"
     manifest_path = options.output / f"{name}.manifest.json"
-    for input_source in (source, instruct):
-        if os.path.abspath(output) == os.path.abspath(input_source.path):
-            raise DataError(f"{output}: the output would overwrite the input {input_source.label}")
+    inputs = {item.label: item.path for item in (source, instruct)}
+    for path in (output, manifest_path):
+        check_output_path(path, options.dataset_info, inputs)
 
     entry = sharegpt_entry(output, options.dataset_info) if options.dataset_info is not None else None
     if entry is not None:
@@ -324,7 +325,6 @@ def _mix(options: MixOptions) -> MixResult:
         manifest = _manifest(options, name, source, instruct, counts, output, digest.hexdigest(), writer, entry)
         with atomic_open(manifest_path, "w") as manifest_handle:
             manifest_handle.write(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
-            manifest_handle.flush()
             # registering last: if it fails (a concurrent, different definition), neither file is renamed into place
             if entry is not None:
                 registration = register_dataset(options.dataset_info, name, entry, force=options.force)

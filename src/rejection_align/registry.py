@@ -20,7 +20,8 @@ from .llava_format import SHAREGPT_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATASET_INFO = "data/dataset_info.json"
+DATASET_INFO_NAME = "dataset_info.json"
+DEFAULT_DATASET_INFO = f"data/{DATASET_INFO_NAME}"
 
 
 def file_name_for(data_file: str | os.PathLike, dataset_info: str | os.PathLike) -> str:
@@ -44,6 +45,26 @@ def sharegpt_entry(data_file: str | os.PathLike, dataset_info: str | os.PathLike
         "formatting": "sharegpt",
         "columns": dict(SHAREGPT_COLUMNS),
     }
+
+
+def check_output_path(
+    output: str | os.PathLike, dataset_info: str | os.PathLike | None, inputs: dict[str, Any]
+) -> None:
+    """Refuse an output that would replace one of ``inputs`` (label -> path) or a registry file.
+
+    A file named ``dataset_info.json`` is LLaMA-Factory's registry: writing a dataset over it would lose every entry.
+    """
+    target = os.path.abspath(output)
+    if Path(output).name == DATASET_INFO_NAME or (
+        dataset_info is not None and target == os.path.abspath(dataset_info)
+    ):
+        raise DataError(f"{output}: the output would overwrite a {DATASET_INFO_NAME}; choose another --name")
+
+    for label, path in inputs.items():
+        if target == os.path.abspath(path):
+            raise DataError(
+                f"{output}: the output would overwrite the input {label}; choose another --output or --name"
+            )
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

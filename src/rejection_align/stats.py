@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .llava_format import DEFAULT_REJECTION_SENTENCE, GPT, record_images, scan_file
+from .errors import DataError
+from .llava_format import DEFAULT_REJECTION_SENTENCE, record_images, scan_file
 
 
 @dataclass
@@ -62,9 +63,8 @@ def file_stats(
         if type(record["id"]) is int:
             stats.int_ids += 1
         found = 0
-        for turn_index in range(1, len(conversations), 2):
-            turn = conversations[turn_index]
-            sentence = wanted.get(turn["value"].strip()) if turn["from"] == GPT else None
+        for turn_index in range(1, len(conversations), 2):  # the gpt turns (scan_file checked the alternation)
+            sentence = wanted.get(conversations[turn_index]["value"].strip())
             if sentence is not None:
                 by_sentence[sentence] += 1
                 found += 1
@@ -126,8 +126,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.file.is_file():
-        from .errors import DataError
-
         raise DataError(f"{args.file}: no such file")
     stats = file_stats(args.file, args.sentences)
     print(json.dumps(stats.to_dict(), ensure_ascii=False, indent=2) if args.json else format_stats(stats))

@@ -8,7 +8,6 @@ trains with ``llamafactory-cli train`` (template ``llava``) and generates with t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -28,8 +27,6 @@ STAMP_NAME = "rejection_align_tiny.json"
 
 UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", "<image>"
 BASE_SPECIAL_TOKENS = (UNK, BOS, EOS, PAD, IMAGE)
-
-REJECTION_SENTENCE = "I'm sorry, but I cannot assist with your request"
 
 DEFAULT_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -268,7 +265,6 @@ def build_tiny_llava(
     tokenizer.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": n_image_tokens}
-    stamp["digest"] = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
     (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
     logger.info("built tiny LLaVA (%d parameters, %d image tokens) in %s", n_params, n_image_tokens, out_dir)
     return out_dir
