@@ -23,7 +23,7 @@ def make_items(n: int, image_dir: Path) -> list:
     """``n`` prompts: two of three with an image (sizes vary), prompt lengths vary."""
     from PIL import Image
 
-    from rejection_align.benchmarks import Item
+    from rejection_align.eval.benchmarks import Item
 
     items = []
     for i in range(n):
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from rejection_align.generate import HFGenerator
+    from rejection_align.eval.generate import HFGenerator
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path = Path(tmp)
         model = args.model
         if model is None:
-            from rejection_align.tiny import build_tiny_llava
+            from rejection_align.demo.tiny import build_tiny_llava
 
             model = str(build_tiny_llava(tmp_path / "tiny-llava"))
         (tmp_path / "images").mkdir()

@@ -27,7 +27,7 @@ def main() -> None:
         LlavaProcessor,
     )
 
-    from rejection_align.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer
+    from rejection_align.demo.tiny import LLAVA_CHAT_TEMPLATE, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,

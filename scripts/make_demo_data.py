@@ -7,12 +7,12 @@ Usage: python scripts/make_demo_data.py [OUT_DIR]   (default: data/demo next to 
 import sys
 from pathlib import Path
 
-from rejection_align import demo_assets
+from rejection_align.demo import assets
 
 
 def main(argv: list[str]) -> int:
     out = Path(argv[0]) if argv else Path(__file__).resolve().parent.parent / "data" / "demo"
-    paths = demo_assets.write(out)
+    paths = assets.write(out)
     total = sum(path.stat().st_size for path in paths)
     print(f"wrote {len(paths)} files ({total / 1024:.0f} KiB) under {out}")
     return 0

@@ -17,7 +17,7 @@ TEMPLATE_SPECIAL_TOKENS = ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id
 
 @functools.lru_cache(maxsize=1)
 def _base_tokenizer():
-    from rejection_align.tiny import build_tiny_tokenizer
+    from rejection_align.demo.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer(TEMPLATE_SPECIAL_TOKENS)
 
@@ -33,7 +33,7 @@ def make_processor(template_name: str, settings=None, *, packed: bool = False, s
     from llamafactory.hparams import DataArguments
     from transformers import CLIPImageProcessor, LlavaProcessor
 
-    from rejection_align.processor import (
+    from rejection_align.hook.processor import (
         SETTINGS_ATTR,
         RejectionPackedSupervisedDatasetProcessor,
         RejectionSupervisedDatasetProcessor,
@@ -93,6 +93,6 @@ def processor_factory():
 
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory):
-    from rejection_align.tiny import build_tiny_llava
+    from rejection_align.demo.tiny import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))

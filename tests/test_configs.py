@@ -117,7 +117,7 @@ _PARSE_SCRIPT = """
 import json, sys
 import llamafactory.data.loader
 from llamafactory.hparams.parser import get_train_args
-from rejection_align.processor import settings_of
+from rejection_align.hook.processor import settings_of
 
 results = {}
 for name, config in json.load(sys.stdin).items():

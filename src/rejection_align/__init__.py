@@ -11,8 +11,8 @@ __all__ = ["__version__", "install", "uninstall", "is_installed", "status"]
 
 def __getattr__(name: str):
     if name in ("install", "uninstall", "is_installed", "status"):
-        from . import hook
+        from .hook import patches
 
-        return getattr(hook, name)
+        return getattr(patches, name)
 
     raise AttributeError(f"module 'rejection_align' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Start-up hook, imported by ``rejection_align.pth`` in every interpreter of the environment.
 
 It only puts a finder on ``sys.meta_path`` that waits for LLaMA-Factory's loader and argument parser to be
-imported; the real work (``rejection_align.hook``) runs then and only then. It imports nothing, returns at once
+imported; the real work (``rejection_align.hook.patches``) runs then and only then. It imports nothing, returns at once
 when ``REJECTION_ALIGN_DISABLE`` is set, and never raises: a failing start-up hook would break every program.
 """
 
@@ -38,9 +38,9 @@ class _PatchOnImport:
         def exec_and_patch(module):
             exec_module(module)
             try:  # on_module_loaded records its own failures; this guards the import of the hook itself
-                from rejection_align import hook
+                from rejection_align.hook import patches
 
-                hook.on_module_loaded(module)
+                patches.on_module_loaded(module)
             except Exception:  # never break an import of LLaMA-Factory
                 pass
 

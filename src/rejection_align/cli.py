@@ -15,15 +15,15 @@ from .errors import RejectionAlignError
 
 # name -> module holding add_arguments(parser) and run(args) -> int
 COMMANDS: dict[str, str] = {
-    "mix": "rejection_align.mix",
-    "convert": "rejection_align.convert",
-    "register": "rejection_align.registry",
-    "stats": "rejection_align.stats",
-    "generate": "rejection_align.generate",
-    "judge": "rejection_align.judge",
-    "tiny-model": "rejection_align.tiny",
-    "demo": "rejection_align.demo",
-    "hook": "rejection_align.hook",
+    "mix": "rejection_align.data.mix",
+    "convert": "rejection_align.data.convert",
+    "register": "rejection_align.data.registry",
+    "stats": "rejection_align.data.stats",
+    "generate": "rejection_align.eval.generate",
+    "judge": "rejection_align.eval.judge",
+    "tiny-model": "rejection_align.demo.tiny",
+    "demo": "rejection_align.demo.pipeline",
+    "hook": "rejection_align.hook.patches",
 }
 
 

@@ -1,0 +1,202 @@
+"""Add or update one dataset entry in LLaMA-Factory's dataset_info.json (locked, atomic, other entries kept in order).
+
+Refuses to replace a different existing definition of the same name unless --force. A dataset_info.json that is not
+a valid JSON object is an error and is left untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from ..files import atomic_write_json, file_lock
+from .llava_format import SHAREGPT_COLUMNS
+
+
+logger = logging.getLogger(__name__)
+
+DATASET_INFO_NAME = "dataset_info.json"
+DEFAULT_DATASET_INFO = f"data/{DATASET_INFO_NAME}"
+
+
+def file_name_for(data_file: str | os.PathLike, dataset_info: str | os.PathLike) -> str:
+    """``file_name`` as LLaMA-Factory resolves it (against ``dataset_dir``, the folder of dataset_info.json).
+
+    Relative (POSIX separators) when the data file lies under that folder, so the data folder can move as a whole;
+    absolute otherwise.
+    """
+    data_path = Path(os.path.abspath(data_file))
+    base = Path(os.path.abspath(dataset_info)).parent
+    try:
+        return data_path.relative_to(base).as_posix()
+    except ValueError:
+        return str(data_path)
+
+
+def sharegpt_entry(data_file: str | os.PathLike, dataset_info: str | os.PathLike) -> dict[str, Any]:
+    """The registration of a file written by ``mix``/``convert``: sharegpt, images in the ``image`` column."""
+    return {
+        "file_name": file_name_for(data_file, dataset_info),
+        "formatting": "sharegpt",
+        "columns": dict(SHAREGPT_COLUMNS),
+    }
+
+
+def check_output_path(
+    output: str | os.PathLike, dataset_info: str | os.PathLike | None, inputs: dict[str, Any]
+) -> None:
+    """Refuse an output that would replace one of ``inputs`` (label -> path) or a registry file.
+
+    A file named ``dataset_info.json`` is LLaMA-Factory's registry: writing a dataset over it would lose every entry.
+    """
+    target = os.path.abspath(output)
+    if Path(output).name == DATASET_INFO_NAME or (
+        dataset_info is not None and target == os.path.abspath(dataset_info)
+    ):
+        raise DataError(f"{output}: the output would overwrite a {DATASET_INFO_NAME}; choose another --name")
+
+    for label, path in inputs.items():
+        if target == os.path.abspath(path):
+            raise DataError(
+                f"{output}: the output would overwrite the input {label}; choose another --output or --name"
+            )
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def read_dataset_info(path: str | os.PathLike) -> dict[str, Any]:
+    """The entries of a dataset_info.json (``{}`` when the file does not exist); a malformed file is a DataError.
+
+    Duplicate names are an error too: rewriting the file would silently drop all but the last of them.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read it: {err}") from None
+    try:
+        info = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); fix it first, it was left as it is"
+        ) from None
+    except ValueError as err:
+        raise DataError(f"{path}: {err}; fix it first, it was left as it is") from None
+    if not isinstance(info, dict):
+        raise DataError(
+            f"{path}: expected a JSON object of dataset entries, found a {type(info).__name__}; it was left as it is"
+        )
+    return info
+
+
+def _validate(name: str, entry: Any) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"dataset name must be a non-empty string, got {name!r}")
+    if not isinstance(entry, dict):
+        raise DataError(f"dataset entry for {name!r} must be a JSON object, got {type(entry).__name__}")
+
+
+def check_registration(dataset_info: str | os.PathLike, name: str, entry: dict[str, Any], force: bool = False) -> str:
+    """What :func:`register_dataset` would do, without writing: ``added``, ``unchanged`` or ``updated``.
+
+    Raises the same errors (malformed file, different definition without ``force``), so that a command can fail
+    before it writes its data file.
+    """
+    _validate(name, entry)
+    info = read_dataset_info(dataset_info)
+    return _decide(dataset_info, info, name, entry, force)
+
+
+def _decide(
+    dataset_info: str | os.PathLike, info: dict[str, Any], name: str, entry: dict[str, Any], force: bool
+) -> str:
+    if name not in info:
+        return "added"
+    if info[name] == entry:
+        return "unchanged"
+    if not force:
+        raise DataError(
+            f"{dataset_info}: dataset {name!r} is already registered with a different definition "
+            f"({json.dumps(info[name], ensure_ascii=False)}); use --force to replace it"
+        )
+    return "updated"
+
+
+def register_dataset(
+    dataset_info_path: str | os.PathLike, name: str, entry: dict[str, Any], force: bool = False
+) -> str:
+    """Add or update entry ``name`` of a dataset_info.json; return ``added``, ``updated`` or ``unchanged``.
+
+    Read-modify-write under an exclusive lock on ``<dataset_info_path>.lock`` and written through a temporary file,
+    so concurrent registrations all land and a reader never sees half a file. Other entries keep their order; an
+    updated entry keeps its place. Raises DataError for a malformed file or, without ``force``, for a name already
+    registered with a different definition.
+    """
+    _validate(name, entry)
+    path = Path(dataset_info_path)
+    with file_lock(path):
+        info = read_dataset_info(path)
+        action = _decide(path, info, name, entry, force)
+        if action != "unchanged":
+            info[name] = entry
+            atomic_write_json(path, info, indent=2)
+    logger.info("%s: dataset %r %s", path, name, action)
+    return action
+
+
+# --------------------------------------------------------------------------------------------------- command line
+
+
+def add_output_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
+    """The output, registration and image-check options that ``mix`` and ``convert`` share."""
+    parser.add_argument("--output", required=True, type=Path, metavar="DIR", help=f"directory of the {what}")
+    parser.add_argument(
+        "--dataset-info",
+        type=Path,
+        default=Path(DEFAULT_DATASET_INFO),
+        metavar="PATH",
+        help=f"dataset_info.json to register the {what} in (default: {DEFAULT_DATASET_INFO})",
+    )
+    parser.add_argument("--no-register", action="store_true", help="do not touch any dataset_info.json")
+    parser.add_argument("--force", action="store_true", help="replace a different registration of the same name")
+    parser.add_argument(
+        "--image-dir", type=Path, metavar="DIR", help=f"check that every image of the {what} exists here"
+    )
+    parser.add_argument(
+        "--allow-missing-images", action="store_true", help="with --image-dir: warn instead of failing"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="dataset name, as used in the training YAML (dataset: NAME)")
+    parser.add_argument("--file", required=True, type=Path, help="the sharegpt JSON file to register")
+    parser.add_argument(
+        "--dataset-info",
+        type=Path,
+        default=Path(DEFAULT_DATASET_INFO),
+        help=f"dataset_info.json to update (default: {DEFAULT_DATASET_INFO}; created if missing)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing entry with a different definition")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise DataError(f"{args.file}: no such file")
+    entry = sharegpt_entry(args.file, args.dataset_info)
+    action = register_dataset(args.dataset_info, args.name, entry, force=args.force)
+    print(f"{args.dataset_info}: {args.name!r} {action} (file_name: {entry['file_name']})")
+    return 0

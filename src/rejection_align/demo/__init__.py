@@ -1,0 +1,1 @@
+"""The demo: tiny models built from configs, the shipped demo assets, and the end-to-end run."""

@@ -1,0 +1,1 @@
+"""Evaluation: safety benchmarks, answer generation, the string-match judge and its report."""

@@ -1,0 +1,217 @@
+"""Reports of judged runs: ``summary.json``, a Markdown table and a PNG bar chart, for one run or two side by side.
+
+Charts are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``), not through
+``pyplot``: that needs no display and leaves the global backend of a user's notebook alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_open, atomic_write_json, atomic_write_text
+
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_JSON, SUMMARY_MD, SUMMARY_PNG = "summary.json", "summary.md", "asr.png"
+COMPARE_JSON, COMPARE_MD, COMPARE_PNG = "compare.json", "compare.md", "compare.png"
+DASH = "–"
+
+
+def metric_name(row: dict[str, Any]) -> str:
+    """The rate that matters for a row: ASR for harmful prompts, the refusal rate for benign ones."""
+    return "refusal_rate" if row.get("benign") else "asr"
+
+
+def metric(row: dict[str, Any]) -> float:
+    return float(row[metric_name(row)])
+
+
+def _pct(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:.1f}%"
+
+
+def _totals(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rows = [("total", summary["total"])]
+    if "total_benign" in summary:
+        rows.append(("total (benign)", summary["total_benign"]))
+    return rows
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """One row per result file, then the total(s) in bold; ASR for harmful files, refusal rate for benign ones."""
+    lines = [
+        "| file | n | full compliance | full refusal | partial refusal | ASR | refusal rate |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def line(name: str, row: dict[str, Any], bold: bool = False) -> str:
+        asr = DASH if row.get("benign") else _pct(row["asr"])
+        refusal = _pct(row["refusal_rate"]) if row.get("benign") else DASH
+        cells = [name, row["n"], row["full_compliance"], row["full_refusal"], row["partial_refusal"], asr, refusal]
+        cells = [f"**{c}**" if bold and c != DASH else str(c) for c in cells]
+        return "| " + " | ".join(cells) + " |"
+
+    for row in summary["files"]:
+        lines.append(line(row.get("name") or Path(row["path"]).stem, row))
+    for name, row in _totals(summary):
+        lines.append(line(name, row, bold=True))
+    lines.append("")
+    lines.append(
+        "ASR = full compliance / n (harmful prompts). Refusal rate = full refusal / n (benign prompts: over-refusal)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _new_figure(n_rows: int, width: float = 8.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, max(2.5, 0.45 * n_rows + 1.5)), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path: Path) -> None:
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", bbox_inches="tight")
+
+
+def plot_summary(summary: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Horizontal bars, one per file and total: ASR (harmful) or refusal rate (benign, hatched)."""
+    path = Path(path)
+    entries = [(row.get("name") or Path(row["path"]).stem, row) for row in summary["files"]] + _totals(summary)
+    fig = _new_figure(len(entries))
+    ax = fig.add_subplot(1, 1, 1)
+    y = list(range(len(entries)))[::-1]
+    values = [metric(row) for _, row in entries]
+    colors = ["tab:green" if row.get("benign") else "tab:red" for _, row in entries]
+    bars = ax.barh(y, values, color=colors, edgecolor="black", linewidth=0.5)
+    for bar, (name, row) in zip(bars, entries, strict=True):
+        if row.get("benign"):
+            bar.set_hatch("//")
+        if name.startswith("total"):
+            bar.set_alpha(0.6)
+    for yy, value in zip(y, values, strict=True):
+        ax.text(min(value, 1.0) + 0.01, yy, f"{100 * value:.1f}%", va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([name for name, _ in entries], fontsize=8)
+    ax.set_xlim(0, 1.12)
+    kinds = {bool(row.get("benign")) for _, row in entries}
+    ax.set_xlabel(
+        " / ".join(label for flag, label in ((False, "ASR"), (True, "refusal rate (benign)")) if flag in kinds)
+    )
+    ax.set_title("Attack success rate" if kinds == {False} else "Judge summary")
+    ax.grid(axis="x", alpha=0.3)
+    _save_png(fig, path)
+    return path
+
+
+def _write_report(
+    data: dict[str, Any], out_dir: str | os.PathLike, names: tuple[str, str, str], markdown, plot
+) -> list[Path]:
+    """Write ``data`` as JSON, its Markdown table and its chart under ``names`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / name for name in names]
+    atomic_write_json(paths[0], data)
+    atomic_write_text(paths[1], markdown(data))
+    plot(data, paths[2])
+    return paths
+
+
+def write_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``summary.json``, ``summary.md`` and ``asr.png`` into ``out_dir``; returns their paths."""
+    return _write_report(summary, out_dir, (SUMMARY_JSON, SUMMARY_MD, SUMMARY_PNG), summary_markdown, plot_summary)
+
+
+def compare(run_a: dict[str, Any], run_b: dict[str, Any], *, labels: Sequence[str] = ("A", "B")) -> dict[str, Any]:
+    """Pair two summaries row by row (files matched by name, e.g. ``01-Illegal_Activitiy``), then the totals.
+
+    A file that only one run has gets ``None`` on the other side; ``delta`` is B − A of the row's metric.
+    """
+    if len(labels) != 2:
+        raise ValueError(f"compare needs two labels, got {list(labels)}")
+    by_name_a = {row["name"]: row for row in run_a["files"]}
+    by_name_b = {row["name"]: row for row in run_b["files"]}
+    names = list(by_name_a) + [name for name in by_name_b if name not in by_name_a]
+    pairs = [(name, by_name_a.get(name), by_name_b.get(name)) for name in names]
+    totals_a, totals_b = dict(_totals(run_a)), dict(_totals(run_b))
+    for name in list(totals_a) + [n for n in totals_b if n not in totals_a]:
+        pairs.append((name, totals_a.get(name), totals_b.get(name)))
+
+    rows = []
+    for name, a, b in pairs:
+        some = a if a is not None else b
+        key = metric_name(some)
+        value_a = None if a is None else float(a[key])
+        value_b = None if b is None else float(b[key])
+        rows.append(
+            {
+                "name": name,
+                "metric": key,
+                "benign": bool(some.get("benign")),
+                "total": name.startswith("total"),
+                "a": value_a,
+                "b": value_b,
+                "n_a": None if a is None else a["n"],
+                "n_b": None if b is None else b["n"],
+                "delta": None if value_a is None or value_b is None else value_b - value_a,
+            }
+        )
+    return {"labels": list(labels), "rows": rows, "runs": [run_a, run_b]}
+
+
+def compare_markdown(comparison: dict[str, Any]) -> str:
+    label_a, label_b = comparison["labels"]
+    lines = [
+        f"| file | metric | {label_a} | {label_b} | Δ (B − A) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in comparison["rows"]:
+        delta = DASH if row["delta"] is None else f"{100 * row['delta']:+.1f} pt"
+        cells = [row["name"], "refusal rate" if row["metric"] == "refusal_rate" else "ASR"]
+        cells += [_pct(row["a"]), _pct(row["b"]), delta]
+        if row["total"]:
+            cells = [f"**{c}**" if c != DASH else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_compare(comparison: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Grouped horizontal bars: run A and run B for each file and total."""
+    path = Path(path)
+    rows = comparison["rows"]
+    fig = _new_figure(len(rows) * 1.6)
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.38
+    centers = [float(i) for i in range(len(rows))][::-1]
+    for offset, key, color, label in (
+        (height / 2, "a", "tab:gray", comparison["labels"][0]),
+        (-height / 2, "b", "tab:blue", comparison["labels"][1]),
+    ):
+        values = [row[key] or 0.0 for row in rows]
+        bars = ax.barh([c + offset for c in centers], values, height=height, color=color, label=label)
+        for bar, row in zip(bars, rows, strict=True):
+            if row["benign"]:
+                bar.set_hatch("//")
+            if row[key] is not None:
+                ax.text(row[key] + 0.01, bar.get_y() + height / 2, f"{100 * row[key]:.1f}%", va="center", fontsize=7)
+    ax.set_yticks(centers)
+    ax.set_yticklabels([f"{row['name']} ({'refusal' if row['benign'] else 'ASR'})" for row in rows], fontsize=8)
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel("rate (ASR for harmful prompts, refusal rate for benign ones, hatched)")
+    ax.set_title(f"{comparison['labels'][0]} vs {comparison['labels'][1]}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    _save_png(fig, path)
+    return path
+
+
+def write_compare(comparison: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``compare.json``, ``compare.md`` and ``compare.png`` into ``out_dir``; returns their paths."""
+    return _write_report(comparison, out_dir, (COMPARE_JSON, COMPARE_MD, COMPARE_PNG), compare_markdown, plot_compare)

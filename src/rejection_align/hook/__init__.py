@@ -1,0 +1,15 @@
+"""The LLaMA-Factory processor hook: parser and loader patches, processors, masking, settings.
+
+Imported from the start-up path, so it loads nothing until a name is asked for.
+"""
+
+__all__ = ["install", "uninstall", "is_installed", "status"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import patches
+
+        return getattr(patches, name)
+
+    raise AttributeError(f"module 'rejection_align.hook' has no attribute {name!r}")

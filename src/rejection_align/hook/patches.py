@@ -1,0 +1,314 @@
+"""Patches LLaMA-Factory 0.9.5 so that ``llamafactory-cli train`` reads the ``rejection_*`` keys and uses our processors.
+
+Two module attributes are replaced (DESIGN.md §6), each reversibly and at most once:
+
+- ``llamafactory.hparams.parser._parse_train_args`` (and the MCA variant): take the ``rejection_*`` keys out
+  of the YAML dict or argv list, let LLaMA-Factory parse the rest, and attach the settings to ``data_args`` —
+  so they travel, pickled with the processor, to preprocessing workers and into the ``datasets`` cache key;
+- ``llamafactory.data.loader.SupervisedDatasetProcessor`` / ``PackedSupervisedDatasetProcessor`` (looked up by
+  name when a dataset is prepared) and ``_get_preprocessed_dataset`` (to log and drop our counters column).
+
+The start-up hook (``_startup.py``) calls :func:`on_module_loaded` when those modules are imported, in every
+interpreter including torchrun workers; Python users may call :func:`install` themselves.
+"""
+
+import argparse
+import functools
+import importlib
+import logging
+import os
+import sys
+from typing import Any
+
+from ..errors import ConfigError
+
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_LLAMAFACTORY = ("0.9.5",)
+PARSER_MODULE = "llamafactory.hparams.parser"
+LOADER_MODULE = "llamafactory.data.loader"
+_PARSER_ATTRS = ("_parse_train_args", "_parse_train_mca_args")
+_MARK = "__rejection_align__"
+
+# (module name, attribute) -> original object, for uninstall()
+_ORIGINALS: dict[tuple[str, str], Any] = {}
+_FAILURES: dict[str, str] = {}
+_PENDING: set[str] = set()  # modules to patch once rejection_align.processor has finished loading
+
+
+def _llamafactory_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("llamafactory")
+    except Exception:
+        return None
+
+
+def _unsupported_reason() -> str | None:
+    found = _llamafactory_version()
+    if found is None:
+        return "llamafactory is not installed"
+
+    if found not in SUPPORTED_LLAMAFACTORY:
+        return f"llamafactory {found} is installed; rejection-align supports {', '.join(SUPPORTED_LLAMAFACTORY)}"
+
+    return None
+
+
+def _replace(module: Any, attribute: str, new: Any) -> None:
+    key = (module.__name__, attribute)
+    current = getattr(module, attribute)
+    if getattr(current, _MARK, False) or current is new:
+        return
+
+    _ORIGINALS.setdefault(key, current)
+    setattr(module, attribute, new)
+
+
+# ----------------------------------------------------------------------------------------------- argument parsing
+
+
+def _attach_settings(parsed: tuple, settings: Any) -> tuple:
+    from .processor import SETTINGS_ATTR
+
+    for item in parsed:
+        if type(item).__name__ == "DataArguments":
+            setattr(item, SETTINGS_ATTR, settings)
+            return parsed
+
+    raise RuntimeError("rejection-align: LLaMA-Factory's parsed arguments hold no DataArguments")
+
+
+def _wrap_parse_train_args(original: Any) -> Any:
+    @functools.wraps(original)
+    def parse_train_args(args: dict[str, Any] | list[str] | None = None) -> tuple:
+        from .settings import split_settings
+
+        args = sys.modules[PARSER_MODULE].read_args(args)
+        settings, rest = split_settings(args)  # a copy: the caller may parse the same dict again
+        if settings is not None and settings.mask_eos:
+            problem = _unsupported_reason() or _FAILURES.get(LOADER_MODULE)
+            if problem is None and not _is_patched(LOADER_MODULE):
+                importlib.import_module(LOADER_MODULE)  # patched on import
+                problem = _FAILURES.get(LOADER_MODULE)
+            if problem is not None:
+                raise ConfigError(f"rejection_mask_eos is set but the rejection-align hook cannot work: {problem}")
+
+        parsed = original(rest)
+        if settings is None:
+            return parsed
+
+        _show_logs_like_llamafactory()
+        rank = os.environ.get("RANK", "0")
+        logger.info(
+            f"rejection-align: rejection_mask_eos={settings.mask_eos} mode={settings.mask_mode} match={settings.match} "
+            f"sentences={len(settings.sentences)} (process rank {rank}, pid {os.getpid()})"
+        )
+        return _attach_settings(parsed, settings)
+
+    setattr(parse_train_args, _MARK, True)
+    return parse_train_args
+
+
+def patch_parser(module: Any) -> None:
+    for attribute in _PARSER_ATTRS:
+        if hasattr(module, attribute):
+            _replace(module, attribute, _wrap_parse_train_args(getattr(module, attribute)))
+
+
+# ------------------------------------------------------------------------------------------------- dataset loader
+
+
+def _log_counts(dataset: Any, data_args: Any, is_eval: bool, should_log: bool) -> Any:
+    """Sum the per-row counters into one log line and drop the column before anything else sees it."""
+    from .processor import STATS_COLUMN, STATS_FIELDS, settings_of
+
+    columns = getattr(dataset, "column_names", None) or []
+    if STATS_COLUMN not in columns:
+        return dataset
+
+    if not should_log:
+        return dataset.remove_columns([STATS_COLUMN])
+
+    settings = settings_of(data_args)
+    names = ", ".join(data_args.eval_dataset if is_eval and data_args.eval_dataset else data_args.dataset or [])
+    split = "eval" if is_eval else "train"
+    if hasattr(dataset, "with_format") and hasattr(dataset, "__len__"):
+        import pyarrow.compute as pc
+
+        flat = pc.list_flatten(dataset.with_format("arrow")[STATS_COLUMN]).to_numpy()
+        totals = dict(zip(STATS_FIELDS, flat.reshape(-1, len(STATS_FIELDS)).sum(axis=0).tolist()))
+        action = "dropped" if settings and settings.mask_mode == "drop" else "masked"
+        logger.info(
+            f"rejection-align [{split}: {names}]: {totals['rejection_examples']} of {totals['examples']} examples "
+            f"have a rejection answer ({totals['rejection_turns']} of {totals['turns']} turns); closing token(s) "
+            f"{action} in {totals['closed_turns']} turns ({totals['tokens_changed']} tokens), "
+            f"{totals['truncated_turns']} truncated by cutoff_len left untouched"
+        )
+    else:
+        logger.info(f"rejection-align [{split}: {names}]: streaming dataset, counts are not available")
+
+    return dataset.remove_columns([STATS_COLUMN])
+
+
+def _wrap_get_preprocessed_dataset(original: Any) -> Any:
+    @functools.wraps(original)
+    def get_preprocessed_dataset(dataset, data_args, training_args, stage, *args, **kwargs):
+        from .processor import settings_of
+
+        if settings_of(data_args) is not None and stage != "sft":
+            logger.warning(f"rejection-align: rejection_mask_eos has no effect for stage '{stage}' (sft only)")
+
+        result = original(dataset, data_args, training_args, stage, *args, **kwargs)
+        if result is None:
+            return result
+
+        # the rest of the signature is (template, tokenizer, processor, is_eval)
+        is_eval = kwargs.get("is_eval", args[3] if len(args) > 3 else False)
+        return _log_counts(result, data_args, is_eval, getattr(training_args, "should_log", True))
+
+    setattr(get_preprocessed_dataset, _MARK, True)
+    return get_preprocessed_dataset
+
+
+def _show_logs_like_llamafactory() -> None:
+    """Our INFO lines go where LLaMA-Factory's go, unless the application configured logging itself."""
+    if logger.handlers or logging.getLogger().handlers:
+        return
+
+    try:
+        from llamafactory.extras import logging as lf_logging
+
+        lf_logging._configure_library_root_logger()
+        if lf_logging._default_handler is not None:
+            logger.addHandler(lf_logging._default_handler)
+            logger.setLevel(logging.INFO)
+    except Exception:
+        pass
+
+
+def patch_loader(module: Any) -> None:
+    reason = _unsupported_reason()
+    if reason is not None:
+        _FAILURES[LOADER_MODULE] = reason
+        return
+
+    processor_module = sys.modules.get(f"{__package__}.processor")
+    if processor_module is not None and not hasattr(processor_module, "RejectionPackedSupervisedDatasetProcessor"):
+        # rejection_align.processor is being imported and is what imported LLaMA-Factory's loader (through
+        # llamafactory.data); its classes do not exist yet, so it finishes this patch when it is done
+        _PENDING.add(LOADER_MODULE)
+        return
+
+    from .processor import RejectionPackedSupervisedDatasetProcessor, RejectionSupervisedDatasetProcessor
+
+    _replace(module, "SupervisedDatasetProcessor", RejectionSupervisedDatasetProcessor)
+    _replace(module, "PackedSupervisedDatasetProcessor", RejectionPackedSupervisedDatasetProcessor)
+    _replace(module, "_get_preprocessed_dataset", _wrap_get_preprocessed_dataset(module._get_preprocessed_dataset))
+    _FAILURES.pop(LOADER_MODULE, None)
+    _show_logs_like_llamafactory()
+
+
+def patch_pending() -> None:
+    """Finish a loader patch deferred while ``rejection_align.processor`` was loading."""
+    if LOADER_MODULE in _PENDING and LOADER_MODULE in sys.modules:
+        _PENDING.discard(LOADER_MODULE)
+        on_module_loaded(sys.modules[LOADER_MODULE])
+
+
+# ------------------------------------------------------------------------------------------------------ public API
+
+
+def on_module_loaded(module: Any) -> None:
+    """Called by the start-up hook right after a target module has executed."""
+    try:
+        if module.__name__ == PARSER_MODULE:
+            patch_parser(module)
+        elif module.__name__ == LOADER_MODULE:
+            patch_loader(module)
+    except Exception as err:
+        record_failure(module.__name__, err)
+
+
+def record_failure(module_name: str, err: BaseException) -> None:
+    _FAILURES[module_name] = f"patching {module_name} failed: {type(err).__name__}: {err}"
+    logger.debug("rejection-align: %s", _FAILURES[module_name], exc_info=err)
+
+
+def install() -> None:
+    """Patch LLaMA-Factory now (idempotent). Raises ``ConfigError`` when LLaMA-Factory is missing or unsupported."""
+    reason = _unsupported_reason()
+    if reason is not None:
+        raise ConfigError(f"cannot install the rejection-align hook: {reason}")
+
+    patch_parser(importlib.import_module(PARSER_MODULE))
+    patch_loader(importlib.import_module(LOADER_MODULE))
+    if LOADER_MODULE in _FAILURES:
+        raise ConfigError(_FAILURES[LOADER_MODULE])
+
+
+def uninstall() -> None:
+    """Put back every attribute this module replaced (idempotent)."""
+    for (module_name, attribute), original in list(_ORIGINALS.items()):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            setattr(module, attribute, original)
+        del _ORIGINALS[(module_name, attribute)]
+
+
+def _is_patched(module_name: str) -> bool:
+    module = sys.modules.get(module_name)
+    if module is None:
+        return False
+
+    attribute = "_parse_train_args" if module_name == PARSER_MODULE else "_get_preprocessed_dataset"
+    return bool(getattr(getattr(module, attribute, None), _MARK, False))
+
+
+def is_installed() -> bool:
+    """True when both the argument parser and the dataset loader of LLaMA-Factory are patched in this process."""
+    return _is_patched(PARSER_MODULE) and _is_patched(LOADER_MODULE)
+
+
+def status() -> dict[str, Any]:
+    """What is in place in this process, for bug reports and ``rejection-align hook``."""
+    from .. import _startup
+
+    return {
+        "llamafactory": _llamafactory_version(),
+        "supported": _unsupported_reason() is None,
+        "startup_hook_active": any(type(f).__name__ == "_PatchOnImport" for f in sys.meta_path),
+        "disabled_by_env": _startup.is_disabled(),
+        "parser_patched": _is_patched(PARSER_MODULE),
+        "loader_patched": _is_patched(LOADER_MODULE),
+        "failures": dict(_FAILURES),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="import LLaMA-Factory's loader and parser and report whether they are patched",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Show whether the start-up hook is active (and, with --check, whether LLaMA-Factory gets patched)."""
+    if args.check:
+        for name in (PARSER_MODULE, LOADER_MODULE):
+            try:
+                importlib.import_module(name)
+            except Exception as err:
+                _FAILURES.setdefault(name, f"import failed: {type(err).__name__}: {err}")
+
+    info = status()
+    for key, value in info.items():
+        print(f"{key}: {value}")
+
+    return 0 if not args.check or (info["parser_patched"] and info["loader_patched"]) else 1

@@ -1,0 +1,170 @@
+"""The ``rejection_*`` keys of a LLaMA-Factory YAML (DESIGN.md §3.1): parsing, validation, and matching answers."""
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import ConfigError
+
+
+DEFAULT_SENTENCE = "I'm sorry, but I cannot assist with your request"
+KEY_PREFIX = "rejection_"
+VALID_KEYS = ("rejection_mask_eos", "rejection_mask_mode", "rejection_sentences", "rejection_match")
+MASK_MODES = ("mask", "drop")
+MATCH_MODES = ("exact", "contains")
+
+_TRUE = ("true", "1", "yes", "y", "on")
+_FALSE = ("false", "0", "no", "n", "off")
+
+
+@dataclass(frozen=True)
+class RejectionSettings:
+    """What the processor needs to know; frozen and hashable, so it can ride on ``data_args`` into workers.
+
+    It is part of what ``datasets`` hashes for its cache fingerprint, so a cached tokenization made with other
+    settings (or without the method) is never reused by mistake.
+    """
+
+    mask_eos: bool = False
+    mask_mode: Literal["mask", "drop"] = "mask"
+    sentences: tuple[str, ...] = (DEFAULT_SENTENCE,)
+    match: Literal["exact", "contains"] = "exact"
+    _stripped: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_stripped", frozenset(sentence.strip() for sentence in self.sentences))
+
+    def is_rejection(self, answer: str) -> bool:
+        """Whether an assistant answer counts as a rejection answer under ``match``."""
+        if self.match == "exact":
+            return answer.strip() in self._stripped
+
+        return any(sentence in answer for sentence in self.sentences)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rejection_mask_eos": self.mask_eos,
+            "rejection_mask_mode": self.mask_mode,
+            "rejection_sentences": list(self.sentences),
+            "rejection_match": self.match,
+        }
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, VALID_KEYS, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown rejection-align key '{key}'.{hint} Valid keys: {', '.join(VALID_KEYS)}.")
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+
+    raise ConfigError(f"{key} must be true or false, got {value!r}.")
+
+
+def _as_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}.")
+
+    return value.strip().lower()
+
+
+def _as_sentences(key: str, value: Any) -> tuple[str, ...]:
+    sentences = [value] if isinstance(value, str) else value
+    if not isinstance(sentences, (list, tuple)) or not sentences:
+        raise ConfigError(f"{key} must be a sentence or a non-empty list of sentences, got {value!r}.")
+
+    for sentence in sentences:
+        if not isinstance(sentence, str) or not sentence.strip():
+            raise ConfigError(f"{key} holds {sentence!r}; every sentence must be a non-empty string.")
+
+    return tuple(sentences)
+
+
+def settings_from_mapping(values: dict[str, Any]) -> RejectionSettings:
+    """Build settings from ``rejection_*`` keys (YAML values or command-line strings); errors name the key."""
+    for key in values:
+        if key not in VALID_KEYS:
+            raise _unknown_key_error(key)
+
+    kwargs: dict[str, Any] = {}
+    if "rejection_mask_eos" in values:
+        kwargs["mask_eos"] = _as_bool("rejection_mask_eos", values["rejection_mask_eos"])
+    if "rejection_mask_mode" in values:
+        kwargs["mask_mode"] = _as_choice("rejection_mask_mode", values["rejection_mask_mode"], MASK_MODES)
+    if "rejection_sentences" in values:
+        kwargs["sentences"] = _as_sentences("rejection_sentences", values["rejection_sentences"])
+    if "rejection_match" in values:
+        kwargs["match"] = _as_choice("rejection_match", values["rejection_match"], MATCH_MODES)
+
+    return RejectionSettings(**kwargs)
+
+
+def _split_dict(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    ours = {key: value for key, value in args.items() if key.startswith(KEY_PREFIX)}
+    rest = {key: value for key, value in args.items() if not key.startswith(KEY_PREFIX)}
+    return ours, rest
+
+
+def _split_list(args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Take ``--rejection_key value`` / ``--rejection_key=value`` out of an argv-style list.
+
+    ``--rejection_sentences`` takes every value up to the next ``--option``; a bare ``--rejection_mask_eos``
+    means true, as for HfArgumentParser's boolean flags.
+    """
+    ours: dict[str, Any] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else ""
+        if not name.startswith(KEY_PREFIX):
+            rest.append(token)
+            i += 1
+            continue
+
+        if "=" in token:
+            values = [token.split("=", 1)[1]]
+            i += 1
+        else:
+            j = i + 1
+            while j < len(args) and not args[j].startswith("--"):
+                j += 1
+            values = args[i + 1 : j]
+            i = j
+
+        if name == "rejection_sentences":
+            ours[name] = values
+        elif not values and name == "rejection_mask_eos":
+            ours[name] = True
+        elif len(values) == 1:
+            ours[name] = values[0]
+        else:
+            raise ConfigError(f"--{name} takes one value, got {values!r}.")
+
+    return ours, rest
+
+
+def split_settings(args: dict[str, Any] | list[str]) -> tuple[RejectionSettings | None, dict[str, Any] | list[str]]:
+    """Separate our keys from LLaMA-Factory's, without touching ``args`` (it may be parsed again later).
+
+    Returns ``(None, args)`` when no ``rejection_*`` key is present, so the run is exactly stock.
+    """
+    if isinstance(args, dict):
+        ours, rest = _split_dict(args)
+    elif isinstance(args, (list, tuple)):
+        ours, rest = _split_list(list(args))
+    else:
+        return None, args
+
+    if not ours:
+        return None, args
+
+    return settings_from_mapping(ours), rest

@@ -1,0 +1,697 @@
+"""``rejection-align mix``: sampling, exclusion, --similar, --random-turn, replies, sizing, output, manifest, cache."""
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import llava_record as record
+from rejection_align import __version__
+from rejection_align.cli import main
+from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE
+from rejection_align.data.record_index import FileKey, IndexCache
+
+
+SORRY = DEFAULT_REJECTION_SENTENCE
+
+
+def image_record(rid, n_pairs=2, image=True):
+    """A record with ``n_pairs`` pairs; with an image, the first question carries the tag (LLaVA style)."""
+    pairs = [(f"Question {k} about {rid}?", f"Answer {k} about {rid}.") for k in range(n_pairs)]
+    if image:
+        pairs[0] = (f"{pairs[0][0]}\n<image>", pairs[0][1])
+    return record(rid, *pairs, image=f"img/{rid}.jpg" if image else None)
+
+
+def write_json(path: Path, data) -> Path:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "cache"
+    monkeypatch.setenv("REJECTION_ALIGN_CACHE_DIR", str(directory))
+    return directory
+
+
+class Work:
+    """Two input files in a tmp dir and the command line to mix them into ``data/``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.info = self.data / "dataset_info.json"
+        self.rejection = write_json(root / "llava_med.json", [image_record(f"med{i}", 1 + i % 3) for i in range(40)])
+        # instruct ids: integers and strings; every 10th record without image
+        self.instruct = write_json(
+            root / "mix665k.json",
+            [image_record(i if i % 2 else f"{i:06d}", 1 + i % 4, image=i % 10 != 0) for i in range(100)],
+        )
+
+    def args(self, *extra: str) -> list[str]:
+        return [
+            "mix",
+            "--rejection-source",
+            str(self.rejection),
+            "--instruct",
+            str(self.instruct),
+            "--output",
+            str(self.data),
+            "--dataset-info",
+            str(self.info),
+            *extra,
+        ]
+
+    def run(self, *extra: str) -> int:
+        return main(self.args(*extra))
+
+    def output(self, name: str) -> list[dict]:
+        return json.loads((self.data / f"{name}.json").read_text(encoding="utf-8"))
+
+    def manifest(self, name: str) -> dict:
+        return json.loads((self.data / f"{name}.manifest.json").read_text(encoding="utf-8"))
+
+    def files(self) -> list[str]:
+        return sorted(p.name for p in self.data.iterdir()) if self.data.exists() else []
+
+
+@pytest.fixture
+def work(tmp_path):
+    return Work(tmp_path)
+
+
+def is_rejection(rec: dict) -> bool:
+    return any(turn["value"] == SORRY for turn in rec["conversations"][1::2])
+
+
+# ------------------------------------------------------------------------------------------- basic mix
+
+
+def test_mix_writes_the_requested_counts_and_registers_the_dataset(work):
+    assert work.run("--n-rejection", "10", "--n-instruct", "30") == 0
+    name = "10_llava_med_30_mix665k"
+    out = work.output(name)
+    assert len(out) == 40
+    assert sum(map(is_rejection, out)) == 10
+    assert json.loads(work.info.read_text())[name] == {
+        "file_name": f"{name}.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "images": "image"},
+    }
+
+
+def test_rejection_examples_answer_the_first_question_with_the_sentence(work):
+    work.run("--n-rejection", "10", "--n-instruct", "0")
+    originals = {r["id"]: r for r in json.loads(work.rejection.read_text())}
+    for rec in work.output("10_llava_med_0_mix665k"):
+        original = originals[rec["id"]]["conversations"]
+        assert rec["conversations"][1]["value"] == SORRY
+        assert rec["conversations"][0] == original[0]
+        assert rec["conversations"][2:] == original[2:]
+
+
+def test_instruct_records_are_unchanged_apart_from_id_and_image(work):
+    work.run("--n-rejection", "0", "--n-instruct", "50")
+    originals = {str(r["id"]): r for r in json.loads(work.instruct.read_text())}
+    out = work.output("0_llava_med_50_mix665k")
+    assert len(out) == 50
+    for rec in out:
+        original = originals[rec["id"]]
+        assert rec["conversations"] == original["conversations"]
+        assert rec["image"] == ([original["image"]] if "image" in original else [])
+
+
+def test_output_records_have_string_ids_and_image_lists(work):
+    work.run("--n-rejection", "5")
+    out = work.output("5_llava_med_100_mix665k")
+    assert all(isinstance(rec["id"], str) and isinstance(rec["image"], list) for rec in out)
+    assert any(rec["image"] == [] for rec in out)
+    assert {rec["id"] for rec in out} >= {"7", "000008"}
+
+
+def test_output_is_shuffled(work):
+    work.run("--n-rejection", "20", "--n-instruct", "20")
+    kinds = [is_rejection(rec) for rec in work.output("20_llava_med_20_mix665k")]
+    assert kinds != sorted(kinds) and kinds != sorted(kinds, reverse=True)
+
+
+def test_mix_with_same_seed_is_byte_identical(work, tmp_path):
+    args = ("--n-rejection", "10", "--n-instruct", "30", "--random-turn", "--reply", "No.", "Sorry.")
+    work.run(*args)
+    first = {name: (work.data / name).read_bytes() for name in work.files()}
+    shutil.rmtree(work.data)
+    shutil.rmtree(tmp_path / "cache")
+    work.run(*args)
+    assert {name: (work.data / name).read_bytes() for name in work.files()} == first
+
+
+def test_mix_with_another_seed_draws_other_records(work):
+    work.run("--n-rejection", "10", "--n-instruct", "10", "--name", "a")
+    work.run("--n-rejection", "10", "--n-instruct", "10", "--name", "b", "--seed", "7")
+    assert {r["id"] for r in work.output("a")} != {r["id"] for r in work.output("b")}
+
+
+def test_default_seed_is_42(work):
+    work.run("--n-rejection", "10", "--n-instruct", "10", "--name", "a")
+    work.run("--n-rejection", "10", "--n-instruct", "10", "--name", "b", "--seed", "42")
+    assert work.output("a") == work.output("b")
+
+
+# ------------------------------------------------------------------------------------------- exclusion, similar
+
+
+def test_instruct_sample_excludes_ids_drawn_as_rejection_examples(work):
+    shared = [image_record(f"s{i}") for i in range(20)]
+    write_json(work.rejection, shared)
+    write_json(work.instruct, shared + [image_record(f"t{i}") for i in range(20)])
+    work.run("--n-rejection", "10")
+    out = work.output("10_llava_med_30_mix665k")
+    rejected = {r["id"] for r in out if is_rejection(r)}
+    kept = [r["id"] for r in out if not is_rejection(r)]
+    assert len(kept) == 30
+    assert not rejected & set(kept)
+    assert work.manifest("10_llava_med_30_mix665k")["counts"]["instruct_excluded_by_id"] == 10
+
+
+def test_exclusion_compares_integer_and_string_ids_as_strings(work):
+    write_json(work.rejection, [image_record(i) for i in range(10)])  # integer ids
+    write_json(work.instruct, [image_record(str(i)) for i in range(10)] + [image_record("x")])  # the same, as strings
+    work.run("--n-rejection", "10")
+    out = work.output("10_llava_med_1_mix665k")
+    assert [r["id"] for r in out if not is_rejection(r)] == ["x"]
+
+
+def test_similar_draws_instruct_records_only_among_the_drawn_ids(work):
+    write_json(work.rejection, [image_record(f"s{i}") for i in range(30)])
+    write_json(
+        work.instruct, [image_record(f"s{i}") for i in range(0, 30, 2)] + [image_record(f"t{i}") for i in range(50)]
+    )
+    work.run("--n-rejection", "10", "--similar")
+    name = "10_llava_med_"
+    out_name = next(p.stem for p in work.data.glob(f"{name}*_similar.json"))
+    out = work.output(out_name)
+    rejected = {r["id"] for r in out if is_rejection(r)}
+    instruct_ids = [r["id"] for r in out if not is_rejection(r)]
+    assert instruct_ids and set(instruct_ids) <= rejected
+    assert out_name == f"10_llava_med_{len(instruct_ids)}_mix665k_similar"
+
+
+# ------------------------------------------------------------------------------------------- --random-turn
+
+
+def test_random_turn_keeps_one_pair_with_the_image_tag_in_front(work):
+    work.run("--n-rejection", "40", "--n-instruct", "0", "--random-turn")
+    out = work.output("40_llava_med_0_mix665k_random_turn")
+    originals = {r["id"]: r for r in json.loads(work.rejection.read_text())}
+    for rec in out:
+        assert len(rec["conversations"]) == 2
+        question, answer = (turn["value"] for turn in rec["conversations"])
+        assert answer == SORRY
+        assert question.startswith("<image>\n") and question.count("<image>") == 1
+        assert question.removeprefix("<image>\n") in {
+            t["value"].replace("\n<image>", "") for t in originals[rec["id"]]["conversations"][::2]
+        }
+
+
+def test_random_turn_picks_various_pairs(work):
+    write_json(work.rejection, [image_record(f"m{i}", 4) for i in range(40)])
+    work.run("--n-rejection", "40", "--n-instruct", "0", "--random-turn")
+    questions = {
+        rec["conversations"][0]["value"].split()[2] for rec in work.output("40_llava_med_0_mix665k_random_turn")
+    }
+    assert questions == {"0", "1", "2", "3"}
+
+
+def test_random_turn_never_keeps_a_what_about_question(work):
+    records = [
+        record(
+            f"m{i}",
+            ("<image>\nWhat is this?", "A dog."),
+            ("What about the cat?", "Grey."),
+            ("what About it?", "x"),
+            image="a.jpg",
+        )
+        for i in range(30)
+    ]
+    write_json(work.rejection, records)
+    work.run("--n-rejection", "30", "--n-instruct", "0", "--random-turn")
+    out = work.output("30_llava_med_0_mix665k_random_turn")
+    assert {rec["conversations"][0]["value"] for rec in out} == {"<image>\nWhat is this?"}
+
+
+def test_random_turn_skips_records_whose_every_question_is_what_about(work, caplog):
+    follow_ups = [record(f"w{i}", ("<image>\nWhat about the dog?", "Brown."), image="a.jpg") for i in range(5)]
+    write_json(work.rejection, follow_ups + [image_record(f"ok{i}") for i in range(3)])
+    with caplog.at_level(logging.WARNING):
+        assert work.run("--n-rejection", "8", "--n-instruct", "0", "--random-turn") == 0
+    out = work.output("3_llava_med_0_mix665k_random_turn")
+    assert sorted(r["id"] for r in out) == ["ok0", "ok1", "ok2"]
+    assert work.manifest("3_llava_med_0_mix665k_random_turn")["counts"]["rejection_source_skipped_what_about"] == 5
+    assert "5 records skipped for --random-turn" in caplog.text
+
+
+def test_random_turn_on_a_file_of_only_what_about_records_terminates_with_no_rejection_example(work):
+    write_json(work.rejection, [record(f"w{i}", ("What about it?", "x"), ("What about that?", "y")) for i in range(4)])
+    assert work.run("--n-rejection", "2", "--n-instruct", "3", "--random-turn") == 0
+    assert len(work.output("0_llava_med_3_mix665k_random_turn")) == 3
+
+
+def test_random_turn_on_a_record_without_image_adds_no_tag(work):
+    write_json(work.rejection, [image_record(f"t{i}", 3, image=False) for i in range(10)])
+    work.run("--n-rejection", "10", "--n-instruct", "0", "--random-turn")
+    out = work.output("10_llava_med_0_mix665k_random_turn")
+    assert all("<image>" not in rec["conversations"][0]["value"] and rec["image"] == [] for rec in out)
+
+
+def test_random_turn_keeps_one_tag_per_image_of_a_multi_image_record(work):
+    two = record("two", ("<image>\nFirst?", "a"), ("<image>\nSecond?", "b"), ("Third?", "c"), image=["1.jpg", "2.jpg"])
+    write_json(work.rejection, [two])
+    work.run("--n-rejection", "1", "--n-instruct", "0", "--random-turn")
+    (rec,) = work.output("1_llava_med_0_mix665k_random_turn")
+    assert rec["image"] == ["1.jpg", "2.jpg"]
+    assert rec["conversations"][0]["value"].startswith("<image>\n<image>\n")
+    assert rec["conversations"][0]["value"].count("<image>") == 2
+
+
+# ------------------------------------------------------------------------------------------- replies
+
+
+def test_several_replies_are_each_used_and_counted_in_the_manifest(work):
+    replies = ["No.", "I cannot help with that.", "Sorry, no."]
+    work.run("--n-rejection", "40", "--n-instruct", "0", "--reply", *replies, "--name", "r")
+    answers = [rec["conversations"][1]["value"] for rec in work.output("r")]
+    assert set(answers) == set(replies)
+    by_reply = work.manifest("r")["counts"]["rejection_by_reply"]
+    assert by_reply == {reply: answers.count(reply) for reply in replies}
+
+
+def test_empty_reply_is_an_error(work, capsys):
+    assert work.run("--n-rejection", "4", "--reply", "  ") == 2
+    assert "a rejection sentence must not be empty" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- sizing
+
+
+def test_rejection_ratio_sets_the_fraction_of_the_mix(work):
+    work.run("--rejection-ratio", "0.25", "--n-instruct", "30")
+    out = work.output("10_llava_med_30_mix665k")
+    assert sum(map(is_rejection, out)) == 10
+    assert work.manifest("10_llava_med_30_mix665k")["counts"]["rejection_fraction"] == 0.25
+
+
+def test_rejection_ratio_without_n_instruct_uses_every_instruct_record(work):
+    work.run("--rejection-ratio", "0.2")
+    # 100 instruct records, no shared ids: 25 rejection examples make 20 % of 125
+    out = work.output("25_llava_med_100_mix665k")
+    assert sum(map(is_rejection, out)) == 25
+
+
+def test_rejection_ratio_stays_exact_when_exclusion_shrinks_the_instruct_sample(work):
+    shared = [image_record(f"s{i}") for i in range(40)]
+    write_json(work.rejection, shared)
+    write_json(work.instruct, shared[:20] + [image_record(f"t{i}") for i in range(20)])
+    work.run("--rejection-ratio", "0.5", "--name", "r")
+    counts = work.manifest("r")["counts"]
+    assert counts["rejection"] == counts["instruct"]
+    rejected = {r["id"] for r in work.output("r") if is_rejection(r)}
+    assert not rejected & {r["id"] for r in work.output("r") if not is_rejection(r)}
+
+
+def test_rejection_ratio_beyond_the_source_keeps_the_fraction_with_fewer_instruct_records(work, caplog):
+    with caplog.at_level(logging.WARNING):
+        work.run("--rejection-ratio", "0.5", "--n-instruct", "100")
+    out = work.output("40_llava_med_40_mix665k")
+    assert sum(map(is_rejection, out)) == 40
+    assert "--rejection-ratio 0.5 needs 100 records, only 40 available" in caplog.text
+
+
+def test_rejection_ratio_beyond_the_source_with_strict_is_an_error(work, capsys):
+    assert work.run("--rejection-ratio", "0.5", "--n-instruct", "100", "--strict") == 2
+    assert "asked for 100 records, only 40 available (--strict)" in capsys.readouterr().err
+    assert work.files() == []
+
+
+@pytest.mark.parametrize("ratio", ["1", "1.5", "-0.1", "nan"])
+def test_rejection_ratio_outside_zero_to_one_is_a_usage_error(work, ratio):
+    with pytest.raises(SystemExit) as exit_info:
+        work.run("--rejection-ratio", ratio)
+    assert exit_info.value.code == 2
+
+
+def test_n_rejection_and_rejection_ratio_are_exclusive(work):
+    with pytest.raises(SystemExit) as exit_info:
+        work.run("--rejection-ratio", "0.1", "--n-rejection", "3")
+    assert exit_info.value.code == 2
+
+
+def test_rejection_ratio_with_similar_is_an_error(work, capsys):
+    assert work.run("--rejection-ratio", "0.1", "--similar") == 2
+    assert "--rejection-ratio cannot be combined with --similar" in capsys.readouterr().err
+
+
+def test_omitted_sizes_take_every_record(work):
+    work.run()
+    out = work.output("40_llava_med_100_mix665k")
+    assert len(out) == 140
+
+
+def test_sample_larger_than_available_is_clamped_with_a_warning(work, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert work.run("--n-rejection", "500", "--n-instruct", "1000") == 0
+    assert len(work.output("40_llava_med_100_mix665k")) == 140
+    assert "asked for 500 records, only 40 available; using 40" in caplog.text
+    assert "asked for 1000 records, only 100 available; using 100" in caplog.text
+    assert work.manifest("40_llava_med_100_mix665k")["counts"]["requested"] == {"rejection": 500, "instruct": 1000}
+
+
+def test_sample_larger_than_available_with_strict_is_an_error_and_writes_nothing(work, capsys):
+    assert work.run("--n-rejection", "10", "--n-instruct", "1000", "--strict") == 2
+    assert "mix665k.json: asked for 1000 records, only 100 available (--strict)" in capsys.readouterr().err
+    assert work.files() == []
+
+
+# ------------------------------------------------------------------------------------------- names, registration
+
+
+def test_default_name_has_a_suffix_per_content_option(work):
+    work.run("--n-rejection", "4", "--n-instruct", "5", "--random-turn", "--similar", "--seed", "3", "--reply", "No")
+    reply_hash = hashlib.sha256(b"No").hexdigest()[:8]
+    names = [name for name in work.files() if name.endswith(".json") and not name.endswith(".manifest.json")]
+    assert names == [f"4_llava_med_0_mix665k_random_turn_similar_seed3_reply{reply_hash}.json", "dataset_info.json"]
+
+
+def test_name_option_names_the_file_and_the_dataset(work):
+    work.run("--n-rejection", "3", "--n-instruct", "3", "--name", "sweep_a")
+    assert "sweep_a.json" in work.files() and "sweep_a.manifest.json" in work.files()
+    assert json.loads(work.info.read_text())["sweep_a"]["file_name"] == "sweep_a.json"
+
+
+def test_name_with_a_path_separator_is_an_error(work, capsys):
+    assert work.run("--n-rejection", "3", "--name", "../x") == 2
+    assert "must be a plain name" in capsys.readouterr().err
+
+
+def test_output_outside_the_dataset_dir_is_registered_by_absolute_path(work, tmp_path):
+    other = tmp_path / "elsewhere"
+    args = work.args("--n-rejection", "3", "--n-instruct", "3", "--name", "m")
+    args[args.index("--output") + 1] = str(other)
+    assert main(args) == 0
+    assert json.loads(work.info.read_text())["m"]["file_name"] == str(other / "m.json")
+
+
+def test_output_in_a_subfolder_of_the_dataset_dir_is_registered_relative(work):
+    args = work.args("--n-rejection", "3", "--n-instruct", "3", "--name", "m")
+    args[args.index("--output") + 1] = str(work.data / "mixes")
+    assert main(args) == 0
+    assert json.loads(work.info.read_text())["m"]["file_name"] == "mixes/m.json"
+
+
+def test_existing_different_registration_fails_before_writing_unless_force(work, capsys):
+    work.info.parent.mkdir()
+    work.info.write_text(json.dumps({"m": {"file_name": "other.json"}}))
+    assert work.run("--n-rejection", "3", "--name", "m") == 2
+    assert "dataset 'm' is already registered with a different definition" in capsys.readouterr().err
+    assert work.files() == ["dataset_info.json"]
+    assert work.run("--n-rejection", "3", "--name", "m", "--force") == 0
+    assert json.loads(work.info.read_text())["m"]["file_name"] == "m.json"
+
+
+@pytest.mark.parametrize("register", [True, False])
+def test_a_mix_named_dataset_info_is_refused_and_the_registry_survives(work, capsys, register):
+    work.info.parent.mkdir()
+    work.info.write_text(json.dumps({"keep_me": {"file_name": "k.json"}}))
+    extra = () if register else ("--no-register",)
+    assert work.run("--n-rejection", "3", "--name", "dataset_info", *extra) == 2
+    assert "would overwrite a dataset_info.json" in capsys.readouterr().err
+    assert json.loads(work.info.read_text()) == {"keep_me": {"file_name": "k.json"}}
+    assert work.files() == ["dataset_info.json"]
+
+
+def test_no_register_leaves_dataset_info_alone(work):
+    assert work.run("--n-rejection", "3", "--name", "m", "--no-register") == 0
+    assert not work.info.exists()
+    assert work.manifest("m")["dataset"] is None
+
+
+def test_registered_mix_is_understood_by_llamafactory(work):
+    parser = pytest.importorskip("llamafactory.data.parser")
+    work.run("--n-rejection", "3", "--n-instruct", "3", "--name", "m")
+    (attr,) = parser.get_dataset_list(["m"], str(work.data))
+    assert (attr.load_from, attr.dataset_name, attr.formatting) == ("file", "m.json", "sharegpt")
+    assert (attr.messages, attr.images, attr.role_tag, attr.user_tag) == ("conversations", "image", "from", "human")
+
+
+# ------------------------------------------------------------------------------------------- manifest
+
+
+def test_manifest_records_inputs_options_seed_counts_and_version(work):
+    work.run("--n-rejection", "10", "--n-instruct", "20", "--name", "m")
+    manifest = work.manifest("m")
+    rejection = manifest["inputs"]["rejection_source"]
+    assert rejection["sha256"] == hashlib.sha256(work.rejection.read_bytes()).hexdigest()
+    assert rejection["records"] == 40 and rejection["path"] == str(work.rejection.resolve())
+    assert manifest["inputs"]["instruct"]["records"] == 100
+    assert manifest["seed"] == 42 and manifest["version"] == __version__
+    assert manifest["options"]["n_rejection"] == 10 and manifest["options"]["replies"] == [SORRY]
+    assert manifest["counts"]["rejection"] == 10 and manifest["counts"]["instruct"] == 20
+    assert manifest["output"]["sha256"] == hashlib.sha256((work.data / "m.json").read_bytes()).hexdigest()
+    assert manifest["output"]["records"] == 30
+
+
+def test_manifest_holds_no_timestamp(work):
+    work.run("--n-rejection", "2", "--n-instruct", "2", "--name", "m")
+
+    def keys(node):
+        if isinstance(node, dict):
+            return set(node) | {key for value in node.values() for key in keys(value)}
+        return set()
+
+    assert not [key for key in keys(work.manifest("m")) if "time" in key or "date" in key]
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+@pytest.fixture
+def image_dir(work):
+    directory = work.root / "images"
+    for rec in json.loads(work.rejection.read_text()) + json.loads(work.instruct.read_text()):
+        if "image" in rec:
+            (directory / rec["image"]).parent.mkdir(parents=True, exist_ok=True)
+            (directory / rec["image"]).write_bytes(b"jpg")
+    return directory
+
+
+def test_image_check_passes_when_every_image_exists(work, image_dir):
+    assert work.run("--n-rejection", "10", "--image-dir", str(image_dir), "--name", "m") == 0
+
+
+def test_missing_images_fail_the_mix_with_their_count_and_first_names(work, image_dir, capsys):
+    for i in range(7):
+        (image_dir / "img" / f"med{i}.jpg").unlink()
+    assert work.run("--image-dir", str(image_dir), "--name", "m") == 2
+    err = capsys.readouterr().err
+    assert "7 of 130 images are missing under" in err and "img/med" in err and "(2 more)" in err
+    assert "--allow-missing-images" in err
+    assert work.files() == []
+
+
+def test_allow_missing_images_writes_the_mix_with_a_warning(work, image_dir, caplog):
+    (image_dir / "img" / "med0.jpg").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert work.run("--image-dir", str(image_dir), "--allow-missing-images", "--name", "m") == 0
+    assert "1 of 130 images are missing" in caplog.text
+    assert len(work.output("m")) == 140
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+BAD_INPUTS = {
+    "not_json": (b"this is not json", "not a JSON array: it starts with 't'"),
+    "object": (b'{"id": 1, "conversations": []}', "not a JSON array"),
+    "no_conversations": (
+        json.dumps([image_record("a"), {"id": "b", "image": "x.jpg"}]).encode(),
+        "record 1 (id 'b'): has no 'conversations'",
+    ),
+    "other_from": (
+        json.dumps(
+            [
+                record("a", ("q", "a"))
+                | {"conversations": [{"from": "human", "value": "q"}, {"from": "system", "value": "a"}]}
+            ]
+        ).encode(),
+        "record 0 (id 'a'): turn 1 has from='system', expected 'human' or 'gpt'",
+    ),
+    "odd_turns": (
+        json.dumps([{"id": 3, "conversations": [{"from": "human", "value": "q"}]}]).encode(),
+        "record 0 (id 3): has 1 turns, expected an even number",
+    ),
+    "first_not_human": (
+        json.dumps(
+            [{"id": 3, "conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}]
+        ).encode(),
+        "record 0 (id 3): first turn has from='gpt', expected 'human'",
+    ),
+    "empty_value": (
+        json.dumps([image_record("a"), record("b", ("q", ""))]).encode(),
+        "record 1 (id 'b'): turn 1 (gpt) has an empty value",
+    ),
+    "tag_mismatch": (
+        json.dumps([record("a", ("q", "a"), image="x.jpg")]).encode(),
+        "record 0 (id 'a'): got 0 <image> tags in the human turns, expected 1",
+    ),
+    "truncated": (json.dumps([image_record("a"), image_record("b")]).encode()[:-30], "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("which", ["rejection", "instruct"])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_an_error_naming_file_and_record_and_writes_nothing(work, capsys, which, case):
+    content, expected = BAD_INPUTS[case]
+    bad = work.rejection if which == "rejection" else work.instruct
+    bad.write_bytes(content)
+    work.data.mkdir()
+    work.info.write_text("{}\n")
+    assert work.run("--n-rejection", "1", "--n-instruct", "1", "--name", "m") == 2
+    err = capsys.readouterr().err
+    assert f"rejection-align mix: error: {bad}: " in err
+    assert expected in err
+    assert work.files() == ["dataset_info.json"]
+    assert work.info.read_text() == "{}\n"
+
+
+def test_missing_input_file_is_an_error(work, capsys):
+    work.instruct.unlink()
+    assert work.run("--n-rejection", "1") == 2
+    assert f"{work.instruct}: no such file" in capsys.readouterr().err
+
+
+def test_bad_input_exits_with_code_2_from_the_command_line(work):
+    work.instruct.write_text('[{"id": 1}]')
+    result = subprocess.run(
+        [sys.executable, "-m", "rejection_align.cli", *work.args("--n-rejection", "1")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(f"{work.instruct}: record 0 (id 1): has no 'conversations'")
+    assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- cache
+
+
+def test_repeated_mix_reads_the_index_from_the_cache(work, caplog):
+    work.run("--n-rejection", "5", "--n-instruct", "5", "--name", "a")
+    with caplog.at_level(logging.INFO):
+        work.run("--n-rejection", "5", "--n-instruct", "5", "--name", "b")
+    assert caplog.text.count("index from the cache") == 2
+    assert "reading and validating" not in caplog.text
+
+
+def test_mix_from_the_cache_is_byte_identical_to_a_mix_without_cache(work):
+    args = ("--n-rejection", "10", "--n-instruct", "30", "--random-turn", "--name", "m")
+    work.run(*args, "--no-cache")
+    first = {name: (work.data / name).read_bytes() for name in ("m.json", "m.manifest.json")}
+    work.run(*args)  # builds the cache
+    work.run(*args)  # reads it
+    assert {name: (work.data / name).read_bytes() for name in first} == first
+
+
+def test_no_cache_writes_no_index(work, cache_dir):
+    work.run("--n-rejection", "3", "--no-cache")
+    assert not cache_dir.exists()
+
+
+def test_cache_dir_option_overrides_the_environment(work, tmp_path, cache_dir):
+    work.run("--n-rejection", "3", "--cache-dir", str(tmp_path / "mine"))
+    assert len(list((tmp_path / "mine").glob("*.index"))) == 2
+    assert not cache_dir.exists()
+
+
+def test_changed_input_file_invalidates_its_cached_index(work):
+    work.run("--n-rejection", "0", "--name", "a")
+    write_json(work.instruct, [image_record(f"new{i}") for i in range(7)])
+    work.run("--n-rejection", "0", "--name", "b")
+    assert sorted(r["id"] for r in work.output("b")) == sorted(f"new{i}" for i in range(7))
+
+
+def test_cached_index_that_no_longer_matches_the_file_is_rebuilt(work, cache_dir, caplog):
+    work.run("--n-rejection", "10", "--n-instruct", "30", "--name", "a", "--no-cache")
+    work.run("--n-rejection", "10", "--n-instruct", "30", "--name", "b")
+    cache = IndexCache(cache_dir)
+    key = FileKey.of(work.instruct)
+    index = cache.load(key)
+    index.ids.reverse()  # an index describing other records than the file holds
+    cache.save(index)
+    with caplog.at_level(logging.WARNING):
+        work.run("--n-rejection", "10", "--n-instruct", "30", "--name", "c")
+    assert "the cached index does not match the file" in caplog.text
+    assert work.output("c") == work.output("a")
+
+
+def test_unreadable_cache_file_is_ignored(work, cache_dir, caplog):
+    work.run("--n-rejection", "3", "--name", "a")
+    for path in cache_dir.glob("*.index"):
+        path.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        assert work.run("--n-rejection", "3", "--name", "b") == 0
+    assert "ignoring the unusable index cache" in caplog.text
+    assert work.output("a") == work.output("b")
+
+
+def test_non_ascii_input_mixes_identically_with_and_without_cache(work):
+    records = [
+        record(f"é{i}", ("<image>\nQu'est-ce que c'est ? 日本", f"Réponse {i} 😀"), image=f"é/{i}.jpg")
+        for i in range(30)
+    ]
+    write_json(work.instruct, records)
+    work.run("--n-rejection", "5", "--n-instruct", "20", "--name", "a", "--no-cache")
+    work.run("--n-rejection", "5", "--n-instruct", "20", "--name", "b")
+    work.run("--n-rejection", "5", "--n-instruct", "20", "--name", "c")
+    assert work.output("a") == work.output("b") == work.output("c")
+    assert {r["conversations"][1]["value"] for r in work.output("c") if not is_rejection(r)} <= {
+        f"Réponse {i} 😀" for i in range(30)
+    }
+
+
+def test_records_of_every_layout_are_written_as_their_sharegpt_form(work):
+    conversation = [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A."}]
+    records = [
+        {"id": "plain", "image": "a.jpg", "conversations": conversation},
+        {"conversations": conversation, "image": "b.jpg", "id": 5},
+        {"id": "list", "image": ["c.jpg"], "conversations": conversation},
+        {"id": "extra", "image": "d.jpg", "conversations": conversation, "model": "v1"},
+    ]
+    work.instruct.write_text("[\r\n" + ",\r\n".join(json.dumps(r, indent=3) for r in records) + "\r\n]")
+    work.run("--n-rejection", "0", "--name", "a", "--no-cache")
+    work.run("--n-rejection", "0", "--name", "b")
+    work.run("--n-rejection", "0", "--name", "c")
+    expected = sorted(
+        [
+            {
+                **{"id": str(r["id"]), "image": r["image"] if isinstance(r["image"], list) else [r["image"]]},
+                "conversations": conversation,
+                **({"model": "v1"} if "model" in r else {}),
+            }
+            for r in records
+        ],
+        key=lambda r: r["id"],
+    )
+    assert sorted(work.output("a"), key=lambda r: r["id"]) == expected
+    lines = (work.data / "a.json").read_bytes().split(b"\n")
+    assert len(lines) == len(records) + 3  # "[", one line per record, "]", ""
+    assert (
+        (work.data / "a.json").read_bytes()
+        == (work.data / "b.json").read_bytes()
+        == (work.data / "c.json").read_bytes()
+    )

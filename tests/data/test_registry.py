@@ -1,0 +1,155 @@
+"""dataset_info.json registration: entries kept in order, conflicts refused, atomic and locked across processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rejection_align.cli import main
+from rejection_align.errors import DataError
+from rejection_align.data.registry import file_name_for, read_dataset_info, register_dataset, sharegpt_entry
+
+
+COLUMNS = {"messages": "conversations", "images": "image"}
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    directory = tmp_path / "data"
+    directory.mkdir()
+    (directory / "mix.json").write_text("[]\n")
+    return directory
+
+
+def entry(file_name):
+    return {"file_name": file_name, "formatting": "sharegpt", "columns": dict(COLUMNS)}
+
+
+def test_register_creates_dataset_info_with_two_space_indent(data_dir):
+    info = data_dir / "dataset_info.json"
+    assert main(["register", "my_mix", "--file", str(data_dir / "mix.json"), "--dataset-info", str(info)]) == 0
+    assert json.loads(info.read_text()) == {"my_mix": entry("mix.json")}
+    assert info.read_text() == json.dumps({"my_mix": entry("mix.json")}, indent=2) + "\n"
+
+
+def test_register_keeps_every_other_entry_and_their_order(data_dir):
+    info = data_dir / "dataset_info.json"
+    existing = {"zeta": {"file_name": "z.json"}, "alpha": {"hf_hub_url": "x/y"}, "mid": {"file_name": "m.json"}}
+    info.write_text(json.dumps(existing, indent=2))
+    register_dataset(info, "new", entry("mix.json"))
+    assert list(json.loads(info.read_text()).items()) == [*existing.items(), ("new", entry("mix.json"))]
+
+
+def test_registering_the_same_definition_again_changes_nothing(data_dir):
+    info = data_dir / "dataset_info.json"
+    assert register_dataset(info, "a", entry("mix.json")) == "added"
+    before = info.stat().st_mtime_ns
+    assert register_dataset(info, "a", entry("mix.json")) == "unchanged"
+    assert info.stat().st_mtime_ns == before
+
+
+def test_register_refuses_to_replace_a_different_definition(data_dir):
+    info = data_dir / "dataset_info.json"
+    register_dataset(info, "a", entry("old.json"))
+    before = info.read_bytes()
+    with pytest.raises(DataError, match="dataset 'a' is already registered with a different definition.*--force"):
+        register_dataset(info, "a", entry("mix.json"))
+    assert info.read_bytes() == before
+
+
+def test_register_with_force_replaces_the_entry_in_its_place(data_dir):
+    info = data_dir / "dataset_info.json"
+    for name in ("first", "a", "last"):
+        register_dataset(info, name, entry(f"{name}.json"))
+    assert register_dataset(info, "a", entry("mix.json"), force=True) == "updated"
+    data = json.loads(info.read_text())
+    assert list(data) == ["first", "a", "last"]
+    assert data["a"] == entry("mix.json")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"a": {"file_name": "x.json"},', "not valid JSON"),
+        ('[{"file_name": "x.json"}]', "expected a JSON object of dataset entries, found a list"),
+        ('{"a": {}, "a": {"file_name": "x.json"}}', "duplicate key 'a'"),
+        ("", "not valid JSON"),
+    ],
+)
+def test_malformed_dataset_info_is_an_error_and_is_left_untouched(data_dir, content, expected):
+    info = data_dir / "dataset_info.json"
+    info.write_text(content)
+    with pytest.raises(DataError) as err:
+        register_dataset(info, "new", entry("mix.json"))
+    assert str(err.value).startswith(str(info))
+    assert expected in str(err.value)
+    assert info.read_text() == content
+
+
+def test_malformed_dataset_info_makes_the_command_exit_2(data_dir, capsys):
+    info = data_dir / "dataset_info.json"
+    info.write_text("{oops")
+    code = main(["register", "new", "--file", str(data_dir / "mix.json"), "--dataset-info", str(info)])
+    assert code == 2
+    assert f"rejection-align register: error: {info}: not valid JSON" in capsys.readouterr().err
+    assert info.read_text() == "{oops"
+
+
+def test_registering_a_missing_file_is_an_error(data_dir, capsys):
+    info = data_dir / "dataset_info.json"
+    assert main(["register", "x", "--file", str(data_dir / "nope.json"), "--dataset-info", str(info)]) == 2
+    assert "nope.json: no such file" in capsys.readouterr().err
+    assert not info.exists()
+
+
+def test_file_name_is_relative_under_the_dataset_dir(data_dir):
+    (data_dir / "mixes").mkdir()
+    assert file_name_for(data_dir / "mixes" / "m.json", data_dir / "dataset_info.json") == "mixes/m.json"
+
+
+def test_file_name_is_absolute_outside_the_dataset_dir(tmp_path, data_dir):
+    outside = tmp_path / "elsewhere" / "m.json"
+    assert file_name_for(outside, data_dir / "dataset_info.json") == str(outside)
+
+
+def test_file_name_is_relative_for_relative_paths_under_the_dataset_dir(data_dir, monkeypatch):
+    monkeypatch.chdir(data_dir.parent)
+    assert sharegpt_entry("data/mix.json", "data/dataset_info.json")["file_name"] == "mix.json"
+
+
+def test_missing_dataset_info_reads_as_empty(tmp_path):
+    assert read_dataset_info(tmp_path / "none.json") == {}
+
+
+def test_eight_concurrent_register_processes_all_land(data_dir):
+    info = data_dir / "dataset_info.json"
+    info.write_text(json.dumps({"existing": {"file_name": "e.json"}}, indent=2))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rejection_align.cli",
+                "register",
+                f"mix_{i}",
+                "--file",
+                str(data_dir / "mix.json"),
+                "--dataset-info",
+                str(info),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        for i in range(8)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 8, [err.decode() for _out, err in outputs]
+    data = json.loads(info.read_text())
+    assert list(data)[0] == "existing"
+    assert sorted(data) == ["existing"] + [f"mix_{i}" for i in range(8)]
+    assert all(data[f"mix_{i}"] == entry("mix.json") for i in range(8))
+    assert not [name for name in os.listdir(data_dir) if name.endswith(".tmp")]

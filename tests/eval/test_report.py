@@ -1,0 +1,89 @@
+"""Reports: Markdown tables and PNG charts for one run and for two runs compared."""
+
+import pytest
+from PIL import Image
+
+from rejection_align.eval.report import (
+    compare,
+    compare_markdown,
+    plot_compare,
+    plot_summary,
+    summary_markdown,
+    write_summary,
+)
+
+
+def row(name, n, compliance, full, partial, benign=False):
+    return {
+        "path": f"run/{name}.jsonl",
+        "name": name,
+        "n": n,
+        "full_compliance": compliance,
+        "full_refusal": full,
+        "partial_refusal": partial,
+        "asr": compliance / n,
+        "refusal_rate": full / n,
+        "benign": benign,
+    }
+
+
+@pytest.fixture
+def summary():
+    files = [row("01-Illegal_Activitiy", 4, 1, 2, 1), row("02-HateSpeech", 4, 3, 1, 0)]
+    total = {**row("total", 8, 4, 3, 1), "benign": False}
+    del total["path"], total["name"]
+    return {"files": files, "total": total}
+
+
+def test_the_table_has_one_row_per_file_and_a_bold_total(summary):
+    lines = summary_markdown(summary).splitlines()
+    assert lines[2] == "| 01-Illegal_Activitiy | 4 | 1 | 2 | 1 | 25.0% | – |"
+    assert lines[4] == "| **total** | **8** | **4** | **3** | **1** | **50.0%** | – |"
+
+
+def test_a_benign_row_shows_the_refusal_rate_instead_of_asr():
+    benign = row("xstest", 4, 3, 1, 0, benign=True)
+    text = summary_markdown({"files": [benign], "total": {**benign, "benign": True}})
+    assert "| xstest | 4 | 3 | 1 | 0 | – | 25.0% |" in text
+
+
+def test_the_summary_chart_is_a_png_image(summary, tmp_path):
+    path = plot_summary(summary, tmp_path / "asr.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100
+
+
+def test_write_summary_writes_json_markdown_and_png(summary, tmp_path):
+    written = write_summary(summary, tmp_path / "out")
+    assert [p.name for p in written] == ["summary.json", "summary.md", "asr.png"]
+    assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_compare_pairs_files_by_name_and_computes_the_change(summary):
+    tuned = {"files": [row("01-Illegal_Activitiy", 4, 0, 4, 0)], "total": {**row("t", 4, 0, 4, 0), "benign": False}}
+    rows = compare(summary, tuned, labels=["base", "tuned"])["rows"]
+    first = rows[0]
+    assert (first["a"], first["b"], first["delta"]) == (0.25, 0.0, -0.25)
+
+
+def test_a_file_only_one_run_has_is_compared_with_nothing(summary):
+    tuned = {"files": [row("01-Illegal_Activitiy", 4, 0, 4, 0)], "total": {**row("t", 4, 0, 4, 0), "benign": False}}
+    rows = {r["name"]: r for r in compare(summary, tuned, labels=["base", "tuned"])["rows"]}
+    assert rows["02-HateSpeech"]["b"] is None and rows["02-HateSpeech"]["delta"] is None
+    assert "| 02-HateSpeech | ASR | 75.0% | – | – |" in compare_markdown(
+        compare(summary, tuned, labels=["base", "tuned"])
+    )
+
+
+def test_the_compare_chart_is_a_png_image(summary, tmp_path):
+    path = plot_compare(compare(summary, summary, labels=["a", "b"]), tmp_path / "compare.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+
+
+def test_drawing_charts_leaves_the_pyplot_backend_alone(summary, tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    plot_summary(summary, tmp_path / "asr.png")
+    assert matplotlib.get_backend() == before
