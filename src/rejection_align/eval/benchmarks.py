@@ -145,7 +145,7 @@ def _read_json_or_jsonl(path: Path) -> Any:
     if path.suffix == ".jsonl":
         return _parse_lines(path, text)
     try:
-        return parse_json(text, f"{path}:")
+        return parse_json(text, f"{path}: the file")
     except DataError:
         if text.lstrip().startswith("{") and "\n" in text.strip():
             return _parse_lines(path, text)
