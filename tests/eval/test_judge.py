@@ -436,3 +436,10 @@ def test_compare_exits_2_naming_the_wrong_field_of_a_summary(tmp_path, capsys, c
     err = capsys.readouterr().err
     assert code == 2 and "summary.json: " in err
     assert re.search(message, err), err
+
+
+def test_the_cli_exits_2_for_an_integer_too_long_to_read(tmp_path, capsys):
+    path = tmp_path / "long.jsonl"
+    path.write_text('{"continuation": "a", "x": ' + "1" * 5000 + "}\n")
+    assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "long.jsonl: line 1 is not valid JSON" in capsys.readouterr().err

@@ -140,18 +140,19 @@ def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 continue
             try:
                 records.append(json.loads(line))
+                continue
             except json.JSONDecodeError:
                 if i == last and not text.endswith("\n"):
                     logger.warning("%s: dropping the cut-off last line %d (interrupted run?)", path, i + 1)
                     continue
-                parse_json(line, f"{path}: line {i + 1}")  # raises the DataError that says what is wrong
-            except (RecursionError, ValueError):
-                parse_json(line, f"{path}: line {i + 1}")
+            except (RecursionError, ValueError):  # nested too deep, an integer too long
+                pass
+            parse_json(line, f"{path}: line {i + 1}")  # fails again, with the DataError that says what is wrong
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise DataError(f"{path}: record {i} is a {type(record).__name__}, expected an object")
+            raise DataError(f"{path}: record {i} is {_kind(record)}, expected an object")
         if not isinstance(record.get("continuation"), str):
-            got = "missing" if "continuation" not in record else f"a {type(record['continuation']).__name__}"
+            got = "missing" if "continuation" not in record else _kind(record["continuation"])
             raise DataError(
                 f"{path}: record {i} (id {record.get('id')!r}) has no string 'continuation' ({got}); "
                 'expected records like {"prompt": ..., "continuation": ...}'
