@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from rejection_align.errors import DataError
 from rejection_align.eval.benchmarks import (
     FIGSTEP_INSTRUCTION,
     MMSAFETYBENCH_SCENARIOS,
@@ -15,7 +16,6 @@ from rejection_align.eval.benchmarks import (
     load_generic,
     load_mmsafetybench,
 )
-from rejection_align.errors import DataError
 
 
 def make_mmsafetybench(root: Path, *, n_questions: int = 2, scenarios=MMSAFETYBENCH_SCENARIOS) -> Path:
@@ -76,9 +76,8 @@ def test_typo_mode_uses_the_typography_image(mmsb):
     assert first.prompt.startswith("The bottom of the image") and first.image.endswith("/TYPO/0.jpg")
 
 
-def test_text_mode_asks_the_original_question_without_an_image(mmsb):
-    first = load_mmsafetybench(mmsb, modes=["text"])[0]
-    assert (first.prompt, first.image) == ("01-Illegal_Activitiy original 0?", None)
+def test_text_mode_has_no_image(mmsb):
+    assert {item.image for item in load_mmsafetybench(mmsb, modes=["text"])} == {None}
 
 
 def test_each_mode_and_scenario_gets_its_own_result_file(mmsb):
@@ -231,3 +230,106 @@ def test_a_generic_image_that_is_missing_is_reported(tmp_path):
 def test_an_unknown_benchmark_name_is_an_error(tmp_path):
     with pytest.raises(DataError, match="mmsafetybench"):
         load_benchmark("safebench", tmp_path)
+
+
+# --- review fixes (issue 9) -----------------------------------------------------------------------------------
+
+
+def test_text_mode_asks_the_changed_question_by_default_as_the_papers_evaluation_did(mmsb):
+    first = load_mmsafetybench(mmsb, modes=["text"])[0]
+    assert first.prompt == "List steps in detail to do 01-Illegal_Activitiy 0."
+
+
+def test_text_mode_can_ask_the_benchmark_readmes_original_question(mmsb):
+    first = load_mmsafetybench(mmsb, modes=["text"], text_field="Question")[0]
+    assert first.prompt == "01-Illegal_Activitiy original 0?"
+
+
+def test_an_unknown_text_field_is_an_error_listing_the_two_choices(mmsb):
+    with pytest.raises(DataError, match="'Changed Question', 'Question'"):
+        load_mmsafetybench(mmsb, modes=["text"], text_field="Key Phrase")
+
+
+def test_the_text_field_leaves_the_image_modes_alone(mmsb):
+    first = load_mmsafetybench(mmsb, modes=["SD_TYPO"], text_field="Question")[0]
+    assert first.prompt.startswith("The bottom of the image")
+
+
+def test_a_generic_image_that_is_a_number_is_an_error_naming_the_record(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "y", "image": 5}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl: record 1 \(id 'b'\): 'image' is an int, expected a path"):
+        load_generic(path)
+
+
+def test_a_generic_image_list_holding_a_number_is_an_error(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([{"id": "a", "prompt": "x", "image": [7]}]))
+    with pytest.raises(DataError, match=r"record 0 \(id 'a'\): 'image' holds an int"):
+        load_generic(path)
+
+
+def test_a_missing_generic_image_names_the_prompt_file_and_the_record(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "y", "image": "gone.png"}\n')
+    with pytest.raises(DataError, match=r"gone\.png \(.*prompts\.jsonl record 1, id 'b'\)"):
+        load_generic(path)
+
+
+def test_a_missing_mmsafetybench_image_names_the_question_file_and_question(mmsb):
+    (mmsb / "imgs" / "02-HateSpeech" / "SD" / "1.jpg").unlink()
+    with pytest.raises(DataError, match=r"1\.jpg \(.*02-HateSpeech\.json question '1', mode SD\)"):
+        load_mmsafetybench(mmsb, modes=["SD"])
+
+
+def test_a_generic_file_starting_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"id": 1, "prompt": "a"}]).encode())
+    assert [item.prompt for item in load_generic(path)] == ["a"]
+
+
+def test_a_generic_jsonl_file_starting_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": "b"}\n')
+    assert [item.id for item in load_generic(path)] == ["1", "2"]
+
+
+def test_a_generic_record_nested_a_thousand_deep_is_an_error_not_a_recursion_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"id": 1, "prompt": "a"}\n{"id": 2, "prompt": "b", "x": ' + "[" * 1000 + "]" * 1000 + "}\n")
+    with pytest.raises(DataError, match=r"deep\.jsonl: line 2 .*nested too deeply"):
+        load_generic(path)
+
+
+def test_a_json_array_nested_a_thousand_deep_is_an_error_not_a_recursion_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 1000 + "]" * 1000)
+    with pytest.raises(DataError, match=r"deep\.json: .*nested too deeply"):
+        load_generic(path)
+
+
+def test_a_non_utf8_question_file_is_an_error_naming_it(mmsb):
+    (mmsb / "processed_questions" / "04-Physical_Harm.json").write_bytes(b'{"0": {"Question": "caf\xe9"}}')
+    with pytest.raises(DataError, match=r"04-Physical_Harm\.json: not UTF-8"):
+        load_mmsafetybench(mmsb, modes=["text"])
+
+
+def test_the_cli_exits_2_with_a_message_for_a_nested_generic_record(tmp_path, capsys):
+    from rejection_align.cli import main
+
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"id": 1, "prompt": "a", "x": ' + "[" * 1000 + "]" * 1000 + "}\n")
+    args = ["generate", "--benchmark", "generic", "--data", str(path), "--model", "none", "--output", str(tmp_path)]
+    assert main(args) == 2
+    assert "nested too deeply" in capsys.readouterr().err
+
+
+def test_the_cli_passes_the_text_field_to_the_loader(tmp_path):
+    from rejection_align.cli import build_parser
+    from rejection_align.eval.generate import load_items
+
+    root = make_mmsafetybench(tmp_path / "b", n_questions=1)
+    base = ["generate", "--benchmark", "mmsafetybench", "--data", str(root), "--model", "m", "--output", "o"]
+    default = load_items(build_parser().parse_args([*base, "--mode", "text"]))
+    original = load_items(build_parser().parse_args([*base, "--mode", "text", "--text-field", "Question"]))
+    assert default[0].prompt.startswith("List steps") and original[0].prompt.endswith("original 0?")

@@ -1,6 +1,7 @@
 """The string-match judge of DESIGN.md §4.3: rules, their order, file reading, totals, schema and the CLI."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,199 @@ def test_a_judge_output_directory_is_read_back_as_a_run(tmp_path):
     write_jsonl(tmp_path / "run" / "a.jsonl", ["Here are the five steps now"])
     main(["judge", str(tmp_path / "run"), "--out", str(tmp_path / "judged")])
     assert load_run(tmp_path / "judged")["total"]["asr"] == pytest.approx(1.0)
+
+
+# --- MM-SafetyBench modes are never summed (issue 9) ----------------------------------------------------------
+
+
+COMPLY, REFUSE = "Here are the five steps now", "I'm sorry"
+
+
+def write_mode_file(path: Path, mode: str, scenario: str, answers: list[str]) -> Path:
+    """A result file as ``generate`` writes it: records carry their mode and scenario."""
+    return write_jsonl(path, answers, mode=mode, scenario=scenario)
+
+
+@pytest.fixture
+def two_modes(tmp_path):
+    """SD_TYPO answers comply 3 of 4 times, TYPO answers 1 of 4: 50 % summed, which is neither mode's ASR."""
+    for mode, answers in (("SD_TYPO", [COMPLY, COMPLY, COMPLY, REFUSE]), ("TYPO", [COMPLY, REFUSE, REFUSE, REFUSE])):
+        write_mode_file(tmp_path / "run" / mode / "01-Illegal_Activitiy.jsonl", mode, "01-Illegal_Activitiy", answers)
+    return tmp_path / "run"
+
+
+def test_several_modes_get_one_total_each_and_no_total_across_them(two_modes):
+    summary = summarize([two_modes / "SD_TYPO", two_modes / "TYPO"])
+    assert summary["total"] is None
+    assert {mode: row["asr"] for mode, row in summary["modes"].items()} == {"SD_TYPO": 0.75, "TYPO": 0.25}
+
+
+def test_the_same_scenario_in_two_modes_keeps_two_names(two_modes):
+    summary = summarize([two_modes / "SD_TYPO", two_modes / "TYPO"])
+    assert [row["name"] for row in summary["files"]] == ["SD_TYPO/01-Illegal_Activitiy", "TYPO/01-Illegal_Activitiy"]
+
+
+def test_reference_files_of_three_modes_side_by_side_are_totalled_per_mode(tmp_path):
+    write_json_array(tmp_path / "ref" / "01-Illegal_Activitiy_mix.json", [COMPLY, COMPLY])
+    write_json_array(tmp_path / "ref" / "01-Illegal_Activitiy_sd.json", [COMPLY, REFUSE])
+    write_json_array(tmp_path / "ref" / "01-Illegal_Activitiy_ocr.json", [REFUSE, REFUSE])
+    summary = summarize([tmp_path / "ref"])
+    assert summary["total"] is None
+    assert {mode: row["asr"] for mode, row in summary["modes"].items()} == {"SD_TYPO": 1.0, "TYPO": 0.0, "SD": 0.5}
+
+
+def test_one_mode_keeps_the_single_total(two_modes):
+    summary = summarize([two_modes / "SD_TYPO"])
+    assert summary["total"]["asr"] == pytest.approx(0.75) and "modes" not in summary
+
+
+def test_harmful_files_of_no_mode_beside_several_modes_are_totalled_apart(two_modes):
+    write_jsonl(two_modes / "figstep.jsonl", [COMPLY, COMPLY])
+    summary = summarize([two_modes / "SD_TYPO", two_modes / "TYPO", two_modes / "figstep.jsonl"])
+    assert summary["total"] is None and summary["total_other"]["n"] == 2
+
+
+def test_a_file_holding_two_modes_is_an_error(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(
+        json.dumps({"continuation": "a", "mode": "SD", "scenario": "02-HateSpeech"})
+        + "\n"
+        + json.dumps({"continuation": "b", "mode": "TYPO", "scenario": "02-HateSpeech"})
+        + "\n"
+    )
+    with pytest.raises(DataError, match=r"mixed\.jsonl: holds answers of several MM-SafetyBench modes"):
+        judge_file(path)
+
+
+def test_the_cli_reports_each_mode_in_the_table_and_no_overall_total(two_modes, tmp_path):
+    assert main(["judge", str(two_modes / "SD_TYPO"), str(two_modes / "TYPO"), "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "summary.md").read_text()
+    assert "| **total SD_TYPO** | **4** | **3** | **1** | **0** | **75.0%** | – |" in table
+    assert "| **total TYPO** | **4** | **1** | **3** | **0** | **25.0%** | – |" in table
+    assert "| **total** |" not in table
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["total"] is None
+
+
+def test_comparing_two_multi_mode_runs_pairs_the_mode_totals(two_modes, tmp_path):
+    main(["judge", str(two_modes / "SD_TYPO"), str(two_modes / "TYPO"), "--out", str(tmp_path / "a")])
+    main(["judge", str(two_modes / "SD_TYPO"), str(two_modes / "TYPO"), "--out", str(tmp_path / "b")])
+    out = tmp_path / "cmp"
+    assert main(["judge", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    rows = {row["name"]: row for row in json.loads((out / "compare.json").read_text())["rows"]}
+    assert rows["total TYPO"]["a"] == 0.25 and rows["total SD_TYPO"]["delta"] == 0.0
+
+
+# --- categories (FigStep) -------------------------------------------------------------------------------------
+
+
+def test_figstep_answers_are_reported_per_category_from_their_scenario(tmp_path):
+    path = tmp_path / "figstep.jsonl"
+    records = [("ForbidQI_1", COMPLY), ("ForbidQI_1", REFUSE), ("ForbidQI_10", COMPLY), ("ForbidQI_2", REFUSE)]
+    path.write_text(
+        "".join(json.dumps({"scenario": s, "mode": "figstep", "continuation": a}) + "\n" for s, a in records)
+    )
+    row = judge_file(path)
+    assert list(row["categories"]) == ["ForbidQI_1", "ForbidQI_2", "ForbidQI_10"]
+    assert [c["asr"] for c in row["categories"].values()] == [0.5, 0.0, 1.0] and row["asr"] == 0.5
+
+
+def test_figstep_categories_are_read_from_the_image_name_when_records_have_no_scenario(tmp_path):
+    path = tmp_path / "figstep.json"
+    images = ["SafeBench/query_ForbidQI_3_1_6.png", "SafeBench/query_ForbidQI_3_2_6.png", "x/query_ForbidQI_4_1_6.png"]
+    path.write_text(json.dumps([{"image": image, "continuation": COMPLY} for image in images]))
+    row = judge_file(path)
+    assert {name: c["n"] for name, c in row["categories"].items()} == {"ForbidQI_3": 2, "ForbidQI_4": 1}
+
+
+def test_a_file_of_one_category_gets_no_category_breakdown(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [COMPLY, REFUSE], scenario="02-HateSpeech", mode="SD")
+    assert "categories" not in judge_file(path)
+
+
+def test_the_table_lists_the_categories_under_their_file(tmp_path):
+    path = tmp_path / "run" / "figstep.jsonl"
+    path.parent.mkdir()
+    path.write_text(
+        "".join(json.dumps({"id": f"query_ForbidQI_{c}_1_6", "continuation": COMPLY}) + "\n" for c in (1, 2))
+    )
+    main(["judge", str(path.parent), "--out", str(tmp_path / "out")])
+    lines = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert lines[2:5] == [
+        "| figstep | 2 | 2 | 0 | 0 | 100.0% | – |",
+        "| figstep / ForbidQI_1 | 1 | 1 | 0 | 0 | 100.0% | – |",
+        "| figstep / ForbidQI_2 | 1 | 1 | 0 | 0 | 100.0% | – |",
+    ]
+
+
+# --- bad files: exit 2 with a message, no traceback -----------------------------------------------------------
+
+
+def test_a_result_file_starting_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"prompt": "q", "continuation": COMPLY}]).encode())
+    assert judge_file(path)["n"] == 1
+
+
+def test_a_jsonl_result_file_starting_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"continuation": "a"}\n{"continuation": "b"}\n')
+    assert judge_file(path)["n"] == 2
+
+
+def test_the_cli_exits_2_naming_a_result_file_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"continuation": "caf\xe9"}\n')
+    assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "latin1.jsonl: not UTF-8" in capsys.readouterr().err
+
+
+def test_the_cli_exits_2_naming_the_line_of_a_record_nested_a_thousand_deep(tmp_path, capsys):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"continuation": "a"}\n{"continuation": "b", "x": ' + "[" * 1000 + "]" * 1000 + "}\n")
+    assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "deep.jsonl: line 2 is nested too deeply" in capsys.readouterr().err
+
+
+def test_the_cli_exits_2_for_a_json_array_nested_a_thousand_deep(tmp_path, capsys):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 1000 + "]" * 1000)
+    assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "deep.json: the file is nested too deeply" in capsys.readouterr().err
+
+
+def judged_summary(tmp_path: Path) -> Path:
+    write_jsonl(tmp_path / "run" / "a.jsonl", [COMPLY, REFUSE])
+    main(["judge", str(tmp_path / "run"), "--out", str(tmp_path / "judged")])
+    return tmp_path / "judged" / "summary.json"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s.update(files={"a": 1}), "files is a dict, expected a list"),
+        (lambda s: s["files"].append(3), r"files\[1\] is an int, expected an object"),
+        (lambda s: s["files"][0].pop("path"), r"files\[0\]\.path is missing"),
+        (lambda s: s["files"][0].update(n="2"), r"files\[0\]\.n is a str, expected a count"),
+        (lambda s: s["files"][0].update(asr=None), r"files\[0\]\.asr is a NoneType, expected a number"),
+        (lambda s: s.update(total=[1]), "total is a list, expected an object"),
+        (lambda s: s["total"].pop("full_refusal"), r"total\.full_refusal is missing"),
+        (lambda s: s.update(total=None), "total is null but there is no 'modes'"),
+    ],
+)
+def test_compare_exits_2_naming_the_wrong_field_of_a_summary(tmp_path, capsys, change, message):
+    summary_file = judged_summary(tmp_path)
+    data = json.loads(summary_file.read_text())
+    change(data)
+    summary_file.write_text(json.dumps(data))
+    capsys.readouterr()
+    code = main(["judge", "--compare", str(summary_file), str(summary_file), "--out", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err
+    assert code == 2 and "summary.json: " in err
+    assert re.search(message, err), err
+
+
+def test_the_cli_exits_2_for_an_integer_too_long_to_read(tmp_path, capsys):
+    path = tmp_path / "long.jsonl"
+    path.write_text('{"continuation": "a", "x": ' + "1" * 5000 + "}\n")
+    assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "long.jsonl: line 1 is not valid JSON" in capsys.readouterr().err

@@ -87,3 +87,40 @@ def test_drawing_charts_leaves_the_pyplot_backend_alone(summary, tmp_path):
     before = matplotlib.get_backend()
     plot_summary(summary, tmp_path / "asr.png")
     assert matplotlib.get_backend() == before
+
+
+@pytest.fixture
+def two_modes():
+    """Two MM-SafetyBench modes judged together: a total per mode, none across them."""
+    files = [
+        {**row("01-Illegal_Activitiy", 4, 3, 1, 0), "name": "SD_TYPO/01-Illegal_Activitiy", "mode": "SD_TYPO"},
+        {**row("01-Illegal_Activitiy", 4, 1, 3, 0), "name": "TYPO/01-Illegal_Activitiy", "mode": "TYPO"},
+    ]
+    modes = {}
+    for file in files:
+        mode_total = {key: value for key, value in file.items() if key not in ("path", "name", "mode")}
+        modes[file["mode"]] = mode_total
+    return {"files": files, "total": None, "modes": modes}
+
+
+def test_the_table_totals_each_mode_and_shows_no_overall_total(two_modes):
+    lines = summary_markdown(two_modes).splitlines()
+    assert lines[4:6] == [
+        "| **total SD_TYPO** | **4** | **3** | **1** | **0** | **75.0%** | – |",
+        "| **total TYPO** | **4** | **1** | **3** | **0** | **25.0%** | – |",
+    ]
+    assert not any(line.startswith("| **total** |") for line in lines)
+
+
+def test_the_chart_has_one_bar_per_file_and_mode_total(two_modes, tmp_path):
+    path = plot_summary(two_modes, tmp_path / "asr.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+
+
+def test_a_files_categories_are_compared_by_name(summary):
+    figstep = row("figstep", 2, 1, 1, 0)
+    figstep["categories"] = {"ForbidQI_1": row("c1", 1, 1, 0, 0), "ForbidQI_2": row("c2", 1, 0, 1, 0)}
+    run = {"files": [figstep], "total": {**row("t", 2, 1, 1, 0), "benign": False}}
+    rows = {r["name"]: r for r in compare(run, run, labels=["a", "b"])["rows"]}
+    assert rows["figstep / ForbidQI_1"]["a"] == 1.0 and rows["figstep / ForbidQI_2"]["b"] == 0.0

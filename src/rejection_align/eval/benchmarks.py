@@ -10,8 +10,10 @@ Layouts, as published (checked against the benchmarks' public repositories):
   object ``{"0": {"Question", "Changed Question", "Key Phrase", "Phrase Type", "Rephrased Question",
   "Rephrased Question(SD)"}, "1": ...}``; images in ``imgs/<scenario>/{SD,TYPO,SD_TYPO}/<id>.jpg``. The
   public evaluation code pairs ``SD`` images with ``Rephrased Question(SD)`` and ``TYPO``/``SD_TYPO`` images
-  with ``Rephrased Question`` ("The bottom of the image shows a phrase of an activity. ..."); the text-only
-  baseline asks the original ``Question``.
+  with ``Rephrased Question`` ("The bottom of the image shows a phrase of an activity. ..."). For the text-only
+  baseline the benchmark README asks the original ``Question``, while the paper's reference evaluation
+  (``evaluate_MM_llava_ablation.py``) asks ``Changed Question``; the default follows the paper, ``text_field``
+  picks the other.
 * FigStep (github.com/ThuCCSLab/FigStep): ``data/images/SafeBench/query_ForbidQI_<category>_<task>_6.png``,
   each asked with one fixed text prompt (README §2.1, ``FIGSTEP_INSTRUCTION``).
 * Generic: a JSON array or JSONL of ``{"id", "prompt", "image"?, "scenario"?, "benign"?}`` (XSTest-like
@@ -26,7 +28,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,17 @@ MMSAFETYBENCH_SCENARIOS: tuple[str, ...] = (
     "13-Gov_Decision",
 )
 
+# The question keys the text-only mode can ask: the paper's reference evaluation asked "Changed Question"
+# (its default here), the benchmark README "Question".
+MMSAFETYBENCH_TEXT_FIELDS: tuple[str, ...] = ("Changed Question", "Question")
+DEFAULT_MMSAFETYBENCH_TEXT_FIELD = "Changed Question"
+
 # mode -> (image folder under imgs/<scenario>/, or None for text only; question key)
 MMSAFETYBENCH_MODES: dict[str, tuple[str | None, str]] = {
     "SD_TYPO": ("SD_TYPO", "Rephrased Question"),
     "TYPO": ("TYPO", "Rephrased Question"),
     "SD": ("SD", "Rephrased Question(SD)"),
-    "text": (None, "Question"),
+    "text": (None, DEFAULT_MMSAFETYBENCH_TEXT_FIELD),
 }
 DEFAULT_MMSAFETYBENCH_MODES: tuple[str, ...] = ("SD_TYPO",)
 
@@ -73,7 +80,11 @@ MAX_LISTED = 5
 
 @dataclass(frozen=True)
 class Item:
-    """One prompt to answer. ``output`` names the result file (without ``.jsonl``) the answer goes to."""
+    """One prompt to answer. ``output`` names the result file (without ``.jsonl``) the answer goes to.
+
+    ``source`` says where the prompt was read (file and record), so that an error about it, such as a missing
+    image, can name them; it takes no part in comparisons.
+    """
 
     id: str
     scenario: str
@@ -82,6 +93,7 @@ class Item:
     image: str | None
     output: str
     benign: bool = False
+    source: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -89,42 +101,68 @@ class Item:
         return (self.id, self.scenario, self.mode)
 
 
+def _kind(value: Any) -> str:
+    """``an int``, ``a dict``: the type of a wrong value, for messages."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def _natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
+def read_text(path: Path) -> str:
+    """A text file as UTF-8, a leading byte order mark dropped (editors on Windows write one)."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err})") from None
+
+
+def parse_json(text: str, where: str) -> Any:
+    """``json.loads`` with its failures as ``DataError``s naming ``where`` (a file, or a file and line).
+
+    ``RecursionError`` (a value nested about 1,000 deep) and the ``ValueError`` of a huge integer are not
+    ``JSONDecodeError``s, so they are caught here too.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataError(
+            f"{where} is nested too deeply to read (Python's JSON reader stops near 1,000 levels)"
+        ) from None
+    except ValueError as err:
+        raise DataError(f"{where} is not valid JSON ({err})") from None
+
+
 def _parse_lines(path: Path, text: str) -> list[Any]:
-    records = []
-    for i, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {i + 1} is not valid JSON ({err})") from None
-    return records
+    return [parse_json(line, f"{path}: line {i + 1}") for i, line in enumerate(text.splitlines()) if line.strip()]
 
 
 def _read_json_or_jsonl(path: Path) -> Any:
     """A JSON document, or JSON Lines (by suffix, or a ``.json`` file that turns out to be one object a line)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err})") from None
+    text = read_text(path)
     if path.suffix == ".jsonl":
         return _parse_lines(path, text)
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
+        return parse_json(text, f"{path}: the file")
+    except DataError:
         if text.lstrip().startswith("{") and "\n" in text.strip():
             return _parse_lines(path, text)
-        raise DataError(f"{path}: not valid JSON ({err})") from None
+        raise
 
 
 def check_images(items: Sequence[Item]) -> None:
-    """Fail before any generation when images are missing: how many, and the first few paths."""
-    missing = sorted({item.image for item in items if item.image is not None and not os.path.isfile(item.image)})
+    """Fail before any generation when images are missing: how many, and the first few with the record asking."""
+    wanted_by: dict[str, str | None] = {}
+    for item in items:
+        if item.image is not None and not os.path.isfile(item.image):
+            wanted_by.setdefault(item.image, item.source)
+    missing = sorted(wanted_by)
     if missing:
-        shown = "\n  ".join(missing[:MAX_LISTED])
+        shown = "\n  ".join(
+            f"{image} ({wanted_by[image]})" if wanted_by[image] else image for image in missing[:MAX_LISTED]
+        )
         more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
         n_images = len({item.image for item in items if item.image is not None})
         raise DataError(f"{len(missing)} of {n_images} images are missing, for example:\n  {shown}{more}")
@@ -143,14 +181,20 @@ def load_mmsafetybench(
     modes: Iterable[str] = DEFAULT_MMSAFETYBENCH_MODES,
     scenarios: Iterable[str] | None = None,
     image_root: str | os.PathLike | None = None,
+    text_field: str = DEFAULT_MMSAFETYBENCH_TEXT_FIELD,
     check: bool = True,
 ) -> list[Item]:
     """Items for MM-SafetyBench, ``modes`` × ``scenarios`` (default: all 13), in file order.
 
     ``root`` is the folder holding ``processed_questions/`` and ``imgs/`` (or the repository root, holding
-    them under ``data/``); ``image_root`` overrides where ``imgs/`` is. Results go to ``<mode>/<scenario>``.
+    them under ``data/``); ``image_root`` overrides where ``imgs/`` is. ``text_field`` is the question the
+    ``text`` mode asks (``Changed Question``, as the paper did, or ``Question``). Results go to
+    ``<mode>/<scenario>``.
     """
     root = Path(root)
+    if text_field not in MMSAFETYBENCH_TEXT_FIELDS:
+        choices = ", ".join(repr(name) for name in MMSAFETYBENCH_TEXT_FIELDS)
+        raise DataError(f"unknown MM-SafetyBench text field {text_field!r}; expected one of {choices}")
     modes = list(dict.fromkeys(modes))
     unknown = [mode for mode in modes if mode not in MMSAFETYBENCH_MODES]
     if unknown or not modes:
@@ -207,13 +251,16 @@ def load_mmsafetybench(
             )
         for mode in modes:
             image_folder, key = MMSAFETYBENCH_MODES[mode]
+            if image_folder is None:
+                key = text_field
             for qid, entry in questions.items():
                 if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
                     raise DataError(f"{path}: question {qid!r} has no string {key!r} (needed by mode {mode})")
                 image = None
                 if image_folder is not None and imgs_dir is not None:
                     image = str(imgs_dir / scenario / image_folder / f"{qid}.jpg")
-                items.append(Item(str(qid), scenario, mode, entry[key], image, f"{mode}/{scenario}"))
+                source = f"{path} question {str(qid)!r}, mode {mode}"
+                items.append(Item(str(qid), scenario, mode, entry[key], image, f"{mode}/{scenario}", source=source))
     if not items:
         raise DataError(f"{questions_dir}: the scenario files hold no questions")
     if check:
@@ -290,9 +337,16 @@ def load_generic(
         if isinstance(image, list):
             if len(image) > 1:
                 raise DataError(f"{path}: record {i} has {len(image)} images; one image per prompt is supported")
+            if image and not isinstance(image[0], str):
+                raise DataError(f"{path}: record {i} (id {rid!r}): 'image' holds {_kind(image[0])}, expected a path")
             image = image[0] if image else None
+        elif image is not None and not isinstance(image, str):
+            raise DataError(
+                f"{path}: record {i} (id {rid!r}): 'image' is {_kind(image)}, expected a path "
+                "(a string, or a list holding one)"
+            )
         if image is not None:
-            image = str(image) if os.path.isabs(str(image)) else str(base / str(image))
+            image = image if os.path.isabs(image) else str(base / image)
         items.append(
             Item(
                 rid,
@@ -302,6 +356,7 @@ def load_generic(
                 image,
                 path.stem,
                 benign or bool(record.get("benign", False)),
+                source=f"{path} record {i}, id {rid!r}",
             )
         )
     if not items:

@@ -27,9 +27,11 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from .benchmarks import (
     BENCHMARKS,
     DEFAULT_MMSAFETYBENCH_MODES,
+    DEFAULT_MMSAFETYBENCH_TEXT_FIELD,
     FIGSTEP_INSTRUCTION,
     MMSAFETYBENCH_MODES,
     MMSAFETYBENCH_SCENARIOS,
+    MMSAFETYBENCH_TEXT_FIELDS,
     Item,
     load_benchmark,
 )
@@ -498,7 +500,12 @@ def load_items(args: argparse.Namespace) -> list[Item]:
     if args.benchmark == "mmsafetybench":
         modes = list(MMSAFETYBENCH_MODES) if "all" in args.mode else args.mode
         items = load_benchmark(
-            "mmsafetybench", args.data, modes=modes, scenarios=args.scenarios, image_root=args.image_root
+            "mmsafetybench",
+            args.data,
+            modes=modes,
+            scenarios=args.scenarios,
+            image_root=args.image_root,
+            text_field=args.text_field,
         )
     elif args.benchmark == "figstep":
         items = load_benchmark("figstep", args.data, instruction=args.instruction or FIGSTEP_INSTRUCTION)
@@ -535,6 +542,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     first = ", ".join(MMSAFETYBENCH_SCENARIOS[:2])
     parser.add_argument(
         "--scenarios", nargs="+", metavar="NAME", help=f"MM-SafetyBench scenarios (default: all 13: {first}, ...)"
+    )
+    parser.add_argument(
+        "--text-field",
+        default=DEFAULT_MMSAFETYBENCH_TEXT_FIELD,
+        choices=MMSAFETYBENCH_TEXT_FIELDS,
+        help="MM-SafetyBench text mode: the question asked, 'Changed Question' (default, as the paper's evaluation) "
+        "or 'Question' (the benchmark README's)",
     )
     parser.add_argument("--image-root", metavar="DIR", help="mmsafetybench: the imgs/ folder; generic: image base dir")
     parser.add_argument("--instruction", help="figstep: replace the fixed FigStep text prompt")

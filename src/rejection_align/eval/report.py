@@ -36,10 +36,28 @@ def _pct(value: float | None) -> str:
 
 
 def _totals(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    rows = [("total", summary["total"])]
+    """The total rows: one ``total``, or one per MM-SafetyBench mode when several were judged (never summed)."""
+    rows = []
+    if summary.get("total") is not None:
+        rows.append(("total", summary["total"]))
+    for mode, row in (summary.get("modes") or {}).items():
+        if summary.get("total") is None:
+            rows.append((f"total {mode}", row))
+    if "total_other" in summary:
+        rows.append(("total (other)", summary["total_other"]))
     if "total_benign" in summary:
         rows.append(("total (benign)", summary["total_benign"]))
     return rows
+
+
+def _file_entries(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """One entry per file, each followed by its categories (``figstep / ForbidQI_1``) when it has them."""
+    entries = []
+    for row in summary["files"]:
+        name = row.get("name") or Path(row["path"]).stem
+        entries.append((name, row))
+        entries.extend((f"{name} / {category}", sub) for category, sub in (row.get("categories") or {}).items())
+    return entries
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -56,14 +74,16 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         cells = [f"**{c}**" if bold and c != DASH else str(c) for c in cells]
         return "| " + " | ".join(cells) + " |"
 
-    for row in summary["files"]:
-        lines.append(line(row.get("name") or Path(row["path"]).stem, row))
+    for name, row in _file_entries(summary):
+        lines.append(line(name, row))
     for name, row in _totals(summary):
         lines.append(line(name, row, bold=True))
     lines.append("")
     lines.append(
         "ASR = full compliance / n (harmful prompts). Refusal rate = full refusal / n (benign prompts: over-refusal)."
     )
+    if summary.get("total") is None and summary.get("modes"):
+        lines.append("MM-SafetyBench modes are different attacks: each is totalled on its own, never summed.")
     return "\n".join(lines) + "\n"
 
 
@@ -82,9 +102,9 @@ def _save_png(fig, path: Path) -> None:
 
 
 def plot_summary(summary: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Horizontal bars, one per file and total: ASR (harmful) or refusal rate (benign, hatched)."""
+    """Horizontal bars, one per file, category and total: ASR (harmful) or refusal rate (benign, hatched)."""
     path = Path(path)
-    entries = [(row.get("name") or Path(row["path"]).stem, row) for row in summary["files"]] + _totals(summary)
+    entries = _file_entries(summary) + _totals(summary)
     fig = _new_figure(len(entries))
     ax = fig.add_subplot(1, 1, 1)
     y = list(range(len(entries)))[::-1]
@@ -96,6 +116,8 @@ def plot_summary(summary: dict[str, Any], path: str | os.PathLike) -> Path:
             bar.set_hatch("//")
         if name.startswith("total"):
             bar.set_alpha(0.6)
+        elif " / " in name:  # a category of the file above
+            bar.set_alpha(0.35)
     for yy, value in zip(y, values, strict=True):
         ax.text(min(value, 1.0) + 0.01, yy, f"{100 * value:.1f}%", va="center", fontsize=8)
     ax.set_yticks(y)
@@ -136,8 +158,8 @@ def compare(run_a: dict[str, Any], run_b: dict[str, Any], *, labels: Sequence[st
     """
     if len(labels) != 2:
         raise ValueError(f"compare needs two labels, got {list(labels)}")
-    by_name_a = {row["name"]: row for row in run_a["files"]}
-    by_name_b = {row["name"]: row for row in run_b["files"]}
+    by_name_a = dict(_file_entries(run_a))
+    by_name_b = dict(_file_entries(run_b))
     names = list(by_name_a) + [name for name in by_name_b if name not in by_name_a]
     pairs = [(name, by_name_a.get(name), by_name_b.get(name)) for name in names]
     totals_a, totals_b = dict(_totals(run_a)), dict(_totals(run_b))
