@@ -8,6 +8,9 @@ Two module attributes are replaced (DESIGN.md §6), each reversibly and at most 
 - ``llamafactory.data.loader.SupervisedDatasetProcessor`` / ``PackedSupervisedDatasetProcessor`` (looked up by
   name when a dataset is prepared) and ``_get_preprocessed_dataset`` (to log and drop our counters column).
 
+The parsers of the commands that tokenize no training data (``_parse_infer_args`` for export/chat/webchat/api,
+``_parse_eval_args``) take the keys out and ignore them with one log line; the v1 parser (``USE_V1=1``) refuses them.
+
 The start-up hook (``_startup.py``) calls :func:`on_module_loaded` when those modules are imported, in every
 interpreter including torchrun workers; Python users may call :func:`install` themselves.
 """
