@@ -9,7 +9,8 @@ import os
 import sys
 
 
-TARGETS = frozenset(("llamafactory.data.loader", "llamafactory.hparams.parser"))
+# the v1 parser (USE_V1=1) is patched only to refuse the rejection_* keys with a clear message
+TARGETS = frozenset(("llamafactory.data.loader", "llamafactory.hparams.parser", "llamafactory.v1.config.arg_parser"))
 DISABLE_ENV = "REJECTION_ALIGN_DISABLE"
 
 

@@ -3,7 +3,13 @@
 import pytest
 
 from rejection_align.errors import ConfigError
-from rejection_align.hook.settings import DEFAULT_SENTENCE, VALID_KEYS, RejectionSettings, split_settings
+from rejection_align.hook.settings import (
+    DEFAULT_SENTENCE,
+    VALID_KEYS,
+    RejectionSettings,
+    rejection_keys,
+    split_settings,
+)
 
 
 def test_a_dict_without_rejection_keys_is_returned_unchanged_with_no_settings():
@@ -66,13 +72,50 @@ def test_a_single_sentence_string_becomes_a_one_element_tuple():
     assert settings.sentences == ("No.",)
 
 
-def test_the_argv_form_takes_out_flags_values_and_sentence_lists():
-    argv = ["--template", "llava", "--rejection_mask_eos", "--rejection_sentences", "No way", "Never",
+def test_the_argv_form_takes_out_flags_values_and_the_sentence():
+    argv = ["--template", "llava", "--rejection_mask_eos", "--rejection_sentences", "No way",
             "--rejection_match=contains", "--cutoff_len", "64"]  # fmt: skip
     settings, rest = split_settings(argv)
 
     assert rest == ["--template", "llava", "--cutoff_len", "64"]
-    assert settings == RejectionSettings(mask_eos=True, sentences=("No way", "Never"), match="contains")
+    assert settings == RejectionSettings(mask_eos=True, sentences=("No way",), match="contains")
+
+
+def test_an_unquoted_sentence_in_the_argv_form_is_one_sentence_not_one_per_word():
+    # what LLaMA-Factory's web UI writes for a list value, and what the torchrun launcher's re-split produces
+    argv = ["--rejection_mask_eos", "true", "--rejection_sentences", *DEFAULT_SENTENCE.split(), "--template", "llava"]
+    settings, rest = split_settings(argv)
+
+    assert settings.sentences == (DEFAULT_SENTENCE,)
+    assert rest == ["--template", "llava"]
+
+
+def test_the_equals_form_also_takes_the_following_words_of_the_sentence():
+    settings, rest = split_settings(["--rejection_sentences=No", "way,", "sorry", "--cutoff_len", "64"])
+
+    assert settings.sentences == ("No way, sorry",)
+    assert rest == ["--cutoff_len", "64"]
+
+
+def test_several_quoted_sentences_in_the_argv_form_are_refused_with_a_pointer_to_the_yaml():
+    with pytest.raises(ConfigError, match=r"takes exactly one sentence.*in the YAML as a list"):
+        split_settings(["--rejection_sentences", "No way", "Never"])
+
+
+def test_an_empty_sentence_option_in_the_argv_form_is_an_error():
+    with pytest.raises(ConfigError, match="--rejection_sentences needs a sentence"):
+        split_settings(["--rejection_sentences", "--template", "llava"])
+
+
+def test_rejection_keys_lists_the_keys_of_a_dict_or_an_argv_list_in_order():
+    assert rejection_keys({"template": "llava", "rejection_match": "exact", "rejection_mask_eos": True}) == [
+        "rejection_match",
+        "rejection_mask_eos",
+    ]
+    assert rejection_keys(["--rejection_sentences=No", "--template", "llava", "--rejection-mask-eos"]) == [
+        "rejection_sentences",
+        "rejection_mask_eos",
+    ]
 
 
 def test_exact_matching_strips_white_space_and_contains_matching_finds_substrings():

@@ -8,6 +8,9 @@ Two module attributes are replaced (DESIGN.md §6), each reversibly and at most 
 - ``llamafactory.data.loader.SupervisedDatasetProcessor`` / ``PackedSupervisedDatasetProcessor`` (looked up by
   name when a dataset is prepared) and ``_get_preprocessed_dataset`` (to log and drop our counters column).
 
+The parsers of the commands that tokenize no training data (``_parse_infer_args`` for export/chat/webchat/api,
+``_parse_eval_args``) take the keys out and ignore them with one log line; the v1 parser (``USE_V1=1``) refuses them.
+
 The start-up hook (``_startup.py``) calls :func:`on_module_loaded` when those modules are imported, in every
 interpreter including torchrun workers; Python users may call :func:`install` themselves.
 """
@@ -28,13 +31,22 @@ logger = logging.getLogger(__name__)
 SUPPORTED_LLAMAFACTORY = ("0.9.5",)
 PARSER_MODULE = "llamafactory.hparams.parser"
 LOADER_MODULE = "llamafactory.data.loader"
-_PARSER_ATTRS = ("_parse_train_args", "_parse_train_mca_args")
+_PARSER_ATTRS = ("_parse_train_args", "_parse_train_mca_args", "_parse_train_mbridge_args")
+# parsers of commands that never tokenize training data -> the public function that calls them
+_IGNORING_PARSER_ATTRS = {"_parse_infer_args": "get_infer_args", "_parse_eval_args": "get_eval_args"}
+V1_PARSER_MODULE = "llamafactory.v1.config.arg_parser"
+V1_UNSUPPORTED = (
+    "rejection-align: the rejection_* keys are not supported on LLaMA-Factory's v1 path (USE_V1=1) yet; "
+    "unset USE_V1 or remove the keys"
+)
+_LAUNCHER_NAMES = ("llamafactory-cli", "lmf", "llamafactory.cli")
 _MARK = "__rejection_align__"
 
 # (module name, attribute) -> original object, for uninstall()
 _ORIGINALS: dict[tuple[str, str], Any] = {}
 _FAILURES: dict[str, str] = {}
 _PENDING: set[str] = set()  # modules to patch once rejection_align.processor has finished loading
+_LOGGED: set[str] = set()  # one-per-process log lines already written
 
 
 def _llamafactory_version() -> str | None:
@@ -112,10 +124,94 @@ def _wrap_parse_train_args(original: Any) -> Any:
     return parse_train_args
 
 
+def _command_name(entry: str) -> str:
+    """``llamafactory-cli export`` etc. from the interpreter's own argv (the launcher pops the command from sys.argv)."""
+    argv = list(getattr(sys, "orig_argv", None) or sys.argv)
+    for index, token in enumerate(argv[:-1]):
+        if os.path.basename(token) in _LAUNCHER_NAMES:
+            return f"llamafactory-cli {argv[index + 1]}"
+
+    return f"LLaMA-Factory's {entry}"
+
+
+def _wrap_parse_ignoring(original: Any, entry: str) -> Any:
+    """For inference and evaluation: the keys mean nothing there, so they are validated, taken out and ignored.
+
+    One training YAML then serves ``export``, ``chat``, ``webchat``, ``api`` and the evaluator as well.
+    """
+
+    @functools.wraps(original)
+    def parse_ignoring(args: dict[str, Any] | list[str] | None = None) -> tuple:
+        from .settings import rejection_keys, split_settings
+
+        args = sys.modules[PARSER_MODULE].read_args(args)
+        settings, rest = split_settings(args)  # a copy; bad values and misspelt keys are still errors
+        if settings is not None and "ignored" not in _LOGGED:
+            _LOGGED.add("ignored")
+            _show_logs_like_llamafactory()
+            logger.info(
+                f"rejection-align: {_command_name(entry)} does not use {', '.join(rejection_keys(args))} "
+                "(they only change how training data is tokenized); taken out and ignored"
+            )
+
+        return original(rest)
+
+    setattr(parse_ignoring, _MARK, True)
+    return parse_ignoring
+
+
 def patch_parser(module: Any) -> None:
     for attribute in _PARSER_ATTRS:
         if hasattr(module, attribute):
             _replace(module, attribute, _wrap_parse_train_args(getattr(module, attribute)))
+
+    for attribute, entry in _IGNORING_PARSER_ATTRS.items():
+        if hasattr(module, attribute):
+            _replace(module, attribute, _wrap_parse_ignoring(getattr(module, attribute), entry))
+
+
+def _v1_args_from_argv() -> Any:
+    """What LLaMA-Factory's v1 ``get_args`` reads when given nothing: a YAML/JSON file plus overrides, or argv."""
+    argv = sys.argv
+    if len(argv) > 1 and argv[1].endswith((".yaml", ".yml", ".json")):
+        import json
+        from pathlib import Path
+
+        from omegaconf import OmegaConf
+
+        path = Path(argv[1]).absolute()
+        if argv[1].endswith(".json"):
+            config = OmegaConf.create(json.loads(path.read_text(encoding="utf-8")))
+        else:
+            config = OmegaConf.load(path)
+        return OmegaConf.to_container(OmegaConf.merge(config, OmegaConf.from_cli(argv[2:])))
+
+    return argv[1:]
+
+
+def _wrap_v1_get_args(original: Any) -> Any:
+    """The v1 trainers have no hook for our processor yet: refuse the keys instead of training without the method."""
+
+    @functools.wraps(original)
+    def get_args(args: Any = None, *more: Any, **kwargs: Any) -> Any:
+        from .settings import rejection_keys
+
+        try:
+            found = rejection_keys(_v1_args_from_argv() if args is None else args)
+        except Exception:  # an unreadable config: LLaMA-Factory's own parser reports it
+            found = []
+        if found:
+            raise ConfigError(f"{V1_UNSUPPORTED} (found: {', '.join(found)})")
+
+        return original(args, *more, **kwargs)
+
+    setattr(get_args, _MARK, True)
+    return get_args
+
+
+def patch_v1_parser(module: Any) -> None:
+    if hasattr(module, "get_args"):
+        _replace(module, "get_args", _wrap_v1_get_args(module.get_args))
 
 
 # ------------------------------------------------------------------------------------------------- dataset loader
@@ -228,6 +324,8 @@ def on_module_loaded(module: Any) -> None:
             patch_parser(module)
         elif module.__name__ == LOADER_MODULE:
             patch_loader(module)
+        elif module.__name__ == V1_PARSER_MODULE:
+            patch_v1_parser(module)
     except Exception as err:
         record_failure(module.__name__, err)
 

@@ -113,35 +113,53 @@ def _split_dict(args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return ours, rest
 
 
+def _sentence_from_argv(values: list[str]) -> str:
+    """The words after ``--rejection_sentences`` on a command line, as ONE sentence.
+
+    LLaMA-Factory's web UI (and anyone copying its command preview) writes a list value unquoted,
+    ``--rejection_sentences I'm sorry, but I cannot assist with your request``, so the shell hands over one word per
+    argument; the torchrun launcher also re-splits arguments on spaces. Joining the words with single spaces gives
+    the sentence back in both cases. Several quoted sentences cannot be told apart from that, so they are refused.
+    """
+    if not values:
+        raise ConfigError("--rejection_sentences needs a sentence after it.")
+
+    if len(values) > 1 and any(any(char.isspace() for char in value) for value in values):
+        raise ConfigError(
+            f"--rejection_sentences got several sentences {values!r}; on the command line it takes exactly one "
+            "sentence (its words may be unquoted). Put several sentences in the YAML as a list "
+            "(rejection_sentences: [...])."
+        )
+
+    return " ".join(values)
+
+
 def _split_list(args: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Take ``--rejection_key value`` / ``--rejection_key=value`` out of an argv-style list.
 
-    ``--rejection_sentences`` takes every value up to the next ``--option``; a bare ``--rejection_mask_eos``
-    means true, as for HfArgumentParser's boolean flags.
+    ``--rejection_sentences`` takes every word up to the next ``--option`` as one sentence (see
+    :func:`_sentence_from_argv`); a bare ``--rejection_mask_eos`` means true, as for HfArgumentParser's boolean flags.
     """
     ours: dict[str, Any] = {}
     rest: list[str] = []
     i = 0
     while i < len(args):
         token = args[i]
-        name = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else ""
+        name = _option_name(token)
         if not name.startswith(KEY_PREFIX):
             rest.append(token)
             i += 1
             continue
 
-        if "=" in token:
-            values = [token.split("=", 1)[1]]
-            i += 1
-        else:
-            j = i + 1
+        j = i + 1
+        if "=" not in token or name == "rejection_sentences":
             while j < len(args) and not args[j].startswith("--"):
                 j += 1
-            values = args[i + 1 : j]
-            i = j
+        values = ([token.split("=", 1)[1]] if "=" in token else []) + args[i + 1 : j]
+        i = j
 
         if name == "rejection_sentences":
-            ours[name] = values
+            ours[name] = _sentence_from_argv(values)
         elif not values and name == "rejection_mask_eos":
             ours[name] = True
         elif len(values) == 1:
@@ -150,6 +168,22 @@ def _split_list(args: list[str]) -> tuple[dict[str, Any], list[str]]:
             raise ConfigError(f"--{name} takes one value, got {values!r}.")
 
     return ours, rest
+
+
+def _option_name(token: str) -> str:
+    return token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else ""
+
+
+def rejection_keys(args: Any) -> list[str]:
+    """The ``rejection_*`` keys present in a YAML dict or an argv-style list, in order (for messages)."""
+    if isinstance(args, dict):
+        return [key for key in args if isinstance(key, str) and key.startswith(KEY_PREFIX)]
+
+    if isinstance(args, (list, tuple)):
+        names = [_option_name(token) for token in args if isinstance(token, str)]
+        return list(dict.fromkeys(name for name in names if name.startswith(KEY_PREFIX)))
+
+    return []
 
 
 def split_settings(args: dict[str, Any] | list[str]) -> tuple[RejectionSettings | None, dict[str, Any] | list[str]]:
