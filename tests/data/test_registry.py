@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from rejection_align.cli import main
-from rejection_align.errors import DataError
 from rejection_align.data.registry import file_name_for, read_dataset_info, register_dataset, sharegpt_entry
+from rejection_align.errors import DataError
 
 
 COLUMNS = {"messages": "conversations", "images": "image"}
