@@ -621,6 +621,51 @@ def test_an_empty_mix_is_refused_and_nothing_is_written_or_registered(work, caps
     assert work.files() == []
 
 
+def test_output_through_a_symlink_to_the_input_folder_never_replaces_an_input(work, capsys):
+    link = work.root / "linkdir"
+    link.symlink_to(work.root)
+    before = work.instruct.read_bytes()
+    args = work.args("--n-rejection", "2", "--n-instruct", "8", "--name", "mix665k", "--no-register")
+    args[args.index("--output") + 1] = str(link)
+    assert main(args) == 2
+    assert "would overwrite the input --instruct" in capsys.readouterr().err
+    assert work.instruct.read_bytes() == before
+
+
+def test_a_failure_while_writing_leaves_no_registration_and_no_temp_file(work, monkeypatch, capsys):
+    import errno
+    import os
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    work.data.mkdir()
+    work.info.write_text("{}\n")
+    monkeypatch.setattr(os, "fsync", full)
+    assert work.run("--n-rejection", "2", "--n-instruct", "8", "--name", "m") == 2
+    err = capsys.readouterr().err
+    assert f"rejection-align mix: error: {work.data / 'm.'}" in err and ": No space left on device" in err
+    assert work.files() == ["dataset_info.json"]
+    assert work.info.read_text() == "{}\n"
+
+
+def test_output_name_that_is_a_directory_is_refused_before_anything_is_registered(work, capsys):
+    (work.data / "m.json").mkdir(parents=True)
+    assert work.run("--n-rejection", "2", "--n-instruct", "8", "--name", "m") == 2
+    assert "m.json: is a directory" in capsys.readouterr().err
+    assert not work.info.exists()
+
+
+def test_a_rerun_removes_the_temp_file_a_killed_mix_left(work):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    work.data.mkdir()
+    leftover = work.data / f".m.json.{int(dead.stdout)}.a1b2c3d4.tmp"
+    leftover.write_bytes(b"[\n" * 1000)
+    assert work.run("--n-rejection", "2", "--n-instruct", "8", "--name", "m") == 0
+    assert not leftover.exists()
+    assert [name for name in work.files() if name.endswith(".tmp")] == []
+
+
 def test_deprecated_cache_options_are_accepted_with_a_warning(work, caplog, tmp_path):
     with caplog.at_level(logging.WARNING):
         assert work.run("--n-rejection", "3", "--name", "m", "--cache-dir", str(tmp_path / "c"), "--no-cache") == 0

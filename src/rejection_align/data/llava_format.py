@@ -66,18 +66,10 @@ class _IdOnly(msgspec.Struct):
     id: str | int
 
 
-class _PlainShape(msgspec.Struct, forbid_unknown_fields=True):
-    """The plain layout ``{"id", "image"?, "conversations"}``: such records are copied to outputs byte for byte."""
-
-    id: msgspec.Raw
-    conversations: msgspec.Raw
-    image: str | None = None
-
-
 _SPLIT = msgspec.json.Decoder(list[msgspec.Raw])
-_IDS = msgspec.json.Decoder(list[_IdOnly])
 _RECORD = msgspec.json.Decoder(LlavaRecord)
-_PLAIN = msgspec.json.Decoder(_PlainShape)
+_TURNS = msgspec.json.Decoder(list[Turn])
+_ID = msgspec.json.Decoder(_IdOnly)
 _ANY = msgspec.json.Decoder()
 
 # The plain layout up to the value of "conversations", matched at a record's start (see plain_sharegpt_bytes)
@@ -87,7 +79,9 @@ _PLAIN_PREFIX = re.compile(
     rf'\{{{_WS}"id"{_WS}:{_WS}(?P<id>{_STRING}|-?(?:0|[1-9][0-9]*)){_WS},{_WS}'
     rf'(?:"image"{_WS}:{_WS}(?P<image>{_STRING}){_WS},{_WS})?"conversations"{_WS}:{_WS}'.encode()
 )
+_ID_PREFIX = re.compile(rf'\{{{_WS}"id"{_WS}:{_WS}({_STRING}|-?(?:0|[1-9][0-9]*)){_WS}[,}}]'.encode())
 _SHAREGPT_KEYS = ("id", "image", "conversations")
+_SPEAKERS = [HUMAN, GPT] * 64
 _TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
@@ -110,6 +104,20 @@ def _type_name(value: Any) -> str:
 # --------------------------------------------------------------------------------------------------- validation
 
 
+def _turns_ok(turns: list[Turn], n_images: int) -> bool:
+    """Whether the turns pass every rule of :func:`check_record`; C-level list operations, for the fast path."""
+    n_turns = len(turns)
+    if n_turns == 0 or n_turns % 2:
+        return False
+    expected = _SPEAKERS[:n_turns] if n_turns <= len(_SPEAKERS) else [HUMAN, GPT] * (n_turns // 2)
+    if [turn.from_ for turn in turns] != expected:
+        return False
+    values = [turn.value for turn in turns]
+    if not all(map(str.strip, values)) or IMAGE_TAG in "\x00".join(values[1::2]):
+        return False
+    return "\x00".join(values[0::2]).count(IMAGE_TAG) == n_images
+
+
 def check_record(record: LlavaRecord, label: str, index: int) -> int:
     """The rules a typed record must also meet; return its flags (:data:`FLAG_HAS_IMAGE`, ...).
 
@@ -125,28 +133,15 @@ def check_record(record: LlavaRecord, label: str, index: int) -> int:
         raise DataError(
             f"{_where(label, index, record.id)}: has {n_turns} turns, expected an even number (human/gpt pairs)"
         )
-    tags = 0
-    all_what_about = True
-    expected = HUMAN
-    for turn_index, turn in enumerate(conversations):
-        speaker, value = turn.from_, turn.value
-        if speaker != expected:
-            _raise_bad_speaker(_where(label, index, record.id), turn_index, speaker, expected)
-        if not value.strip():
-            raise DataError(f"{_where(label, index, record.id)}: turn {turn_index} ({speaker}) has an empty value")
-        if expected == HUMAN:
-            if IMAGE_TAG in value:
-                tags += value.count(IMAGE_TAG)
-            if all_what_about and WHAT_ABOUT not in value.lower():
-                all_what_about = False
-            expected = GPT
-        else:
-            if IMAGE_TAG in value:
-                raise DataError(
-                    f"{_where(label, index, record.id)}: turn {turn_index} (gpt) contains {IMAGE_TAG!r}; "
-                    "only human turns may hold image tags"
-                )
-            expected = HUMAN
+    speakers = [turn.from_ for turn in conversations]
+    values = [turn.value for turn in conversations]
+    expected = _SPEAKERS[:n_turns] if n_turns <= len(_SPEAKERS) else [HUMAN, GPT] * (n_turns // 2)
+    # the common case in C-level operations; the turn-by-turn loop below only words the error
+    if speakers != expected or not all(map(str.strip, values)) or IMAGE_TAG in "\x00".join(values[1::2]):
+        _raise_turn_error(record, label, index)
+    humans = values[0::2]
+    tags = "\x00".join(humans).count(IMAGE_TAG)
+    all_what_about = not any(WHAT_ABOUT not in question.lower() for question in humans)
 
     n_images = _count_images(record, label, index)
     if tags != n_images:
@@ -155,6 +150,24 @@ def check_record(record: LlavaRecord, label: str, index: int) -> int:
             f"turns, expected {n_images} (one per image)"
         )
     return (FLAG_HAS_IMAGE if n_images else 0) | (FLAG_ALL_WHAT_ABOUT if all_what_about else 0)
+
+
+def _raise_turn_error(record: LlavaRecord, label: str, index: int) -> None:
+    """Find the first bad turn (speaker out of turn, empty value, image tag in an answer) and raise its error."""
+    expected = HUMAN
+    for turn_index, turn in enumerate(record.conversations):
+        speaker, value = turn.from_, turn.value
+        if speaker != expected:
+            _raise_bad_speaker(_where(label, index, record.id), turn_index, speaker, expected)
+        if not value.strip():
+            raise DataError(f"{_where(label, index, record.id)}: turn {turn_index} ({speaker}) has an empty value")
+        if expected == GPT and IMAGE_TAG in value:
+            raise DataError(
+                f"{_where(label, index, record.id)}: turn {turn_index} (gpt) contains {IMAGE_TAG!r}; "
+                "only human turns may hold image tags"
+            )
+        expected = GPT if expected == HUMAN else HUMAN
+    raise AssertionError("no bad turn found")  # pragma: no cover (called only when one exists)
 
 
 def _raise_bad_speaker(where: str, turn_index: int, speaker: str, expected: str) -> None:
@@ -293,24 +306,36 @@ def encode_record(record: dict) -> bytes:
     return _ENCODER.encode(record).encode("utf-8")
 
 
-def plain_sharegpt_bytes(raw: Any) -> tuple[bytes, list[str]] | None:
-    """The sharegpt output of a plain-layout record, made from its bytes: ``(json bytes, images)``, or None.
+def _literal(literal: bytes) -> str | int:
+    """The value of an id or image literal matched by ``_PLAIN_PREFIX`` (``UnicodeDecodeError`` on bad UTF-8)."""
+    if literal[:1] != b'"':
+        return int(literal)
+    if b"\\" in literal:
+        return msgspec.json.decode(literal)
+    return literal[1:-1].decode("utf-8")
 
-    The conversations are copied as they are in the input, with line breaks deleted so that each record is one output
-    line (JSON strings hold no raw line breaks); only ``id`` (quoted if an integer) and ``image`` (put in a list) are
-    rewritten. None unless the record is exactly ``{"id", "image"?, "conversations"}`` in that order, once each.
+
+def _plain_parts(data: bytes) -> tuple[re.Match, bytes, list[Turn]] | None:
+    """``(prefix match, conversations bytes, typed turns)`` of a plain-layout record; None for any other record.
+
+    The bytes after the prefix, up to the closing brace, must decode as one list of turns: so the record is exactly
+    ``{"id", "image"?, "conversations"}``, and one parse both validates the turns' types and proves the layout.
+    A record that fails here (another layout, or a bad turn) goes the general way, which also words the error.
     """
-    data = bytes(raw)
     match = _PLAIN_PREFIX.match(data)
-    if match is None or not data.endswith(b"}"):
-        return None
-    try:
-        shape = _PLAIN.decode(data)
-    except msgspec.ValidationError:  # other keys: the caller decodes and re-encodes the record
+    if match is None or data[-1:] != b"}":
         return None
     conversations = data[match.end() : -1].rstrip(b" \t\r\n")
-    if conversations != bytes(shape.conversations):  # a key repeated after the conversations
+    try:
+        turns = _TURNS.decode(conversations)
+    except (msgspec.MsgspecError, RecursionError):
         return None
+    return match, conversations, turns
+
+
+def _plain_output(match: re.Match, conversations: bytes, images: list[str] | None = None) -> tuple[bytes, list[str]]:
+    """The sharegpt line of a plain-layout record: its conversations copied, line breaks deleted; id and image
+    rewritten (JSON strings hold no raw line breaks, so only white space between tokens goes)."""
     conversations = conversations.translate(None, b"\r\n")
     rid = match.group("id")
     if rid[:1] != b'"':
@@ -318,8 +343,20 @@ def plain_sharegpt_bytes(raw: Any) -> tuple[bytes, list[str]] | None:
     image = match.group("image")
     if image is None:
         return b'{"id": ' + rid + b', "image": [], "conversations": ' + conversations + b"}", []
-    images = [msgspec.json.decode(image)]
-    return b'{"id": ' + rid + b', "image": [' + image + b'], "conversations": ' + conversations + b"}", images
+    return b'{"id": ' + rid + b', "image": [' + image + b'], "conversations": ' + conversations + b"}", (
+        images if images is not None else [_literal(image)]
+    )
+
+
+def plain_sharegpt_bytes(raw: Any) -> tuple[bytes, list[str]] | None:
+    """The sharegpt output of a plain-layout record, made from its bytes: ``(json bytes, images)``, or None.
+
+    The conversations are copied as they are in the input, with line breaks deleted so that each record is one output
+    line; only ``id`` (quoted if an integer) and ``image`` (put in a list) are rewritten. None unless the record is
+    exactly ``{"id", "image"?, "conversations"}`` in that order, once each.
+    """
+    parts = _plain_parts(bytes(raw))
+    return None if parts is None else _plain_output(parts[0], parts[1])
 
 
 def sharegpt_bytes(raw: Any, copy_plain: bool = True) -> tuple[bytes, list[str]]:
@@ -433,18 +470,72 @@ class LlavaFile:
         return self._hasher.digest
 
     def ids(self) -> list[str]:
-        """Every record's id as a string; checks that each record is an object with a string or integer id."""
-        with _deep_nesting_allowed():
+        """Every record's id as a string; checks that each record is an object with a string or integer id.
+
+        Records that open with their id (``{"id": ...``, the usual layout) give it from a regex match on their
+        first bytes; others are decoded with a one-field Struct.
+        """
+        out: list[str] = []
+        append = out.append
+        match_id = _ID_PREFIX.match
+        for index, raw in enumerate(self.raws):
+            match = match_id(raw)
+            if match is not None:
+                literal = match.group(1)
+                if literal[:1] != b'"':
+                    append(str(int(literal)))
+                    continue
+                if b"\\" not in literal:
+                    try:
+                        append(literal[1:-1].decode("utf-8"))
+                        continue
+                    except UnicodeDecodeError:
+                        pass
             try:
-                records = _IDS.decode(self._text)
+                rid = _ID.decode(raw).id
             except msgspec.ValidationError as err:
-                match = re.search(r"`\$\[(\d+)\]", str(err))
-                if match is None:
-                    raise DataError(f"{self.label}: {err}") from None
-                index = int(match.group(1))
-                message = str(err).replace(f"$[{index}]", "$", 1)
-                raise DataError(_explain_validation(message, self.raws[index], self.label, index)) from None
-        return [rid if type(rid) is str else str(rid) for rid in (record.id for record in records)]
+                raise DataError(_explain_validation(str(err), raw, self.label, index)) from None
+            except msgspec.DecodeError as err:
+                raise DataError(f"{self.label}: record {index}: {err}") from None
+            except RecursionError:
+                raise DataError(f"{self.label}: record {index}: nested too deeply") from None
+            append(rid if type(rid) is str else str(rid))
+        return out
+
+    def sharegpt(self, index: int) -> tuple[bytes, list[str]]:
+        """Record ``index`` validated and turned into its sharegpt output line, with its images.
+
+        A plain-layout record costs one parse of its turns and is copied from the input (its formatting kept, as
+        earlier releases did); any other record is decoded with the typed Structs, then decoded again whole and
+        re-encoded.
+        """
+        data = bytes(self.raws[index])
+        match = _PLAIN_PREFIX.match(data)
+        if match is not None and data[-1:] == b"}":
+            conversations = data[match.end() : -1].rstrip(b" \t\r\n")
+            try:
+                turns = _TURNS.decode(conversations)  # one value: so the record is exactly the plain layout
+                _literal(match.group("id"))  # valid UTF-8
+                image = match.group("image")
+                images = [] if image is None else [_literal(image)]
+            except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
+                turns = None
+            if turns is not None and "" not in images and _turns_ok(turns, len(images)):
+                rid = match.group("id")
+                return b"".join(
+                    (
+                        b'{"id": ',
+                        rid if rid[:1] == b'"' else b'"' + rid + b'"',
+                        b', "image": [',
+                        image or b"",
+                        b'], "conversations": ',
+                        conversations.translate(None, b"\r\n"),
+                        b"}",
+                    )
+                ), images
+        # any other layout, or a bad record: the typed decoder validates it (and words the error)
+        self.record(index)
+        return sharegpt_bytes(data, copy_plain=False)
 
     def record(self, index: int) -> LlavaRecord:
         """Record ``index`` decoded and validated."""

@@ -42,7 +42,6 @@ from .llava_format import (
     gc_paused,
     missing_images_message,
     record_images,
-    sharegpt_bytes,
     to_sharegpt,
 )
 from .registry import (
@@ -320,8 +319,7 @@ def _mix(options: MixOptions) -> MixResult:
         writer = JsonArrayWriter(handle, digest)
         for item in mixed:
             if type(item) is int:
-                instruct.record(item)  # validates it
-                data, record_images_ = sharegpt_bytes(instruct.raws[item])
+                data, record_images_ = instruct.sharegpt(item)  # validated on the way
                 if options.image_dir is not None:
                     images += record_images_
                 writer.write_bytes(data)

@@ -226,7 +226,7 @@ def check_dataset_file(path: str | os.PathLike) -> None:
                         raise DataError(f"{path}: line {number} is not a JSON object ({err})") from None
             return
         for number, raw in enumerate(msgspec.json.decode(data, type=list[msgspec.Raw])):
-            if not bytes(raw[:1]) == b"{":
+            if bytes(memoryview(raw)[:1]) != b"{":
                 raise DataError(f"{path}: record {number} is not a JSON object; nothing registered")
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
         raise DataError(f"{path}: not a JSON array of records ({err}); nothing registered") from None
