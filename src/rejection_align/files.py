@@ -25,8 +25,8 @@ DEFAULT_MODE = 0o644
 STALE_SECONDS = 3600
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived while a file was being written (a BaseException, like KeyboardInterrupt)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while a file was being written: handled like Ctrl-C (the CLI reports an interruption)."""
 
 
 _open_count = 0

@@ -75,14 +75,14 @@ def convert(
     images: list[str] = []
     with gc_paused(), atomic_open(output, "wb") as handle:
         digest = hashlib.sha256()
-        writer = JsonArrayWriter(handle, digest)
-        for index, raw in enumerate(source.raws):
-            source.record(index)  # validates it
-            data, record_images = sharegpt_bytes(raw, copy_plain=False)
-            if image_dir is not None:
-                images += record_images
-            writer.write_bytes(data)
-        writer.close()
+        with JsonArrayWriter(handle, digest) as writer:
+            for index, raw in enumerate(source.raws):
+                source.record(index)  # validates it
+                data, record_images = sharegpt_bytes(raw, copy_plain=False)
+                if image_dir is not None:
+                    images += record_images
+                writer.write_bytes(data)
+            writer.close()
         if image_dir is not None:
             _check_images(images, image_dir, allow_missing_images)
     registration = None

@@ -14,6 +14,7 @@ import gc
 import hashlib
 import json
 import logging
+import operator
 import os
 import re
 import sys
@@ -47,14 +48,14 @@ SPLIT_RECURSION_LIMIT = 20_000
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class Turn(msgspec.Struct):
+class Turn(msgspec.Struct, gc=False):
     """One turn of a conversation; ``from`` is a Python keyword, hence the rename."""
 
     from_: str = msgspec.field(name="from")
     value: str
 
 
-class LlavaRecord(msgspec.Struct):
+class LlavaRecord(msgspec.Struct, gc=False):
     """The fields of a LLaVA record that the data commands read (other keys are ignored here, kept in outputs)."""
 
     id: str | int
@@ -62,7 +63,7 @@ class LlavaRecord(msgspec.Struct):
     image: str | list[str] | None = None
 
 
-class _IdOnly(msgspec.Struct):
+class _IdOnly(msgspec.Struct, gc=False):
     id: str | int
 
 
@@ -82,6 +83,8 @@ _PLAIN_PREFIX = re.compile(
 _ID_PREFIX = re.compile(rf'\{{{_WS}"id"{_WS}:{_WS}({_STRING}|-?(?:0|[1-9][0-9]*)){_WS}[,}}]'.encode())
 _SHAREGPT_KEYS = ("id", "image", "conversations")
 _SPEAKERS = [HUMAN, GPT] * 64
+_SPEAKER_OF = operator.attrgetter("from_")
+_VALUE_OF = operator.attrgetter("value")
 _TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
@@ -110,9 +113,9 @@ def _turns_ok(turns: list[Turn], n_images: int) -> bool:
     if n_turns == 0 or n_turns % 2:
         return False
     expected = _SPEAKERS[:n_turns] if n_turns <= len(_SPEAKERS) else [HUMAN, GPT] * (n_turns // 2)
-    if [turn.from_ for turn in turns] != expected:
+    if list(map(_SPEAKER_OF, turns)) != expected:
         return False
-    values = [turn.value for turn in turns]
+    values = list(map(_VALUE_OF, turns))
     if not all(map(str.strip, values)) or IMAGE_TAG in "\x00".join(values[1::2]):
         return False
     return "\x00".join(values[0::2]).count(IMAGE_TAG) == n_images
@@ -315,48 +318,41 @@ def _literal(literal: bytes) -> str | int:
     return literal[1:-1].decode("utf-8")
 
 
-def _plain_parts(data: bytes) -> tuple[re.Match, bytes, list[Turn]] | None:
-    """``(prefix match, conversations bytes, typed turns)`` of a plain-layout record; None for any other record.
+def plain_sharegpt_bytes(raw: Any) -> tuple[bytes, list[str]] | None:
+    """The sharegpt line and images of a valid plain-layout record, made from its bytes; None for any other record.
 
-    The bytes after the prefix, up to the closing brace, must decode as one list of turns: so the record is exactly
-    ``{"id", "image"?, "conversations"}``, and one parse both validates the turns' types and proves the layout.
-    A record that fails here (another layout, or a bad turn) goes the general way, which also words the error.
+    Plain layout: exactly ``{"id", "image"?, "conversations"}`` in that order, ``image`` one path. The bytes after
+    the ``"conversations":`` key, up to the closing brace, must decode as one list of turns: that proves the layout
+    and checks the turns' types in one parse; :func:`_turns_ok` checks the rules. The conversations are then copied
+    as they are in the input, with line breaks deleted so that each record is one output line (JSON strings hold no
+    raw line breaks); only ``id`` (quoted if an integer) and ``image`` (put in a list) are rewritten. None also for a
+    plain record that breaks a rule: the typed decoder then words the error.
     """
+    data = bytes(raw)
     match = _PLAIN_PREFIX.match(data)
     if match is None or data[-1:] != b"}":
         return None
     conversations = data[match.end() : -1].rstrip(b" \t\r\n")
+    rid, image = match.group("id", "image")
     try:
         turns = _TURNS.decode(conversations)
-    except (msgspec.MsgspecError, RecursionError):
+        _literal(rid)  # valid UTF-8
+        images = [] if image is None else [_literal(image)]
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
         return None
-    return match, conversations, turns
-
-
-def _plain_output(match: re.Match, conversations: bytes, images: list[str] | None = None) -> tuple[bytes, list[str]]:
-    """The sharegpt line of a plain-layout record: its conversations copied, line breaks deleted; id and image
-    rewritten (JSON strings hold no raw line breaks, so only white space between tokens goes)."""
-    conversations = conversations.translate(None, b"\r\n")
-    rid = match.group("id")
-    if rid[:1] != b'"':
-        rid = b'"' + rid + b'"'
-    image = match.group("image")
-    if image is None:
-        return b'{"id": ' + rid + b', "image": [], "conversations": ' + conversations + b"}", []
-    return b'{"id": ' + rid + b', "image": [' + image + b'], "conversations": ' + conversations + b"}", (
-        images if images is not None else [_literal(image)]
-    )
-
-
-def plain_sharegpt_bytes(raw: Any) -> tuple[bytes, list[str]] | None:
-    """The sharegpt output of a plain-layout record, made from its bytes: ``(json bytes, images)``, or None.
-
-    The conversations are copied as they are in the input, with line breaks deleted so that each record is one output
-    line; only ``id`` (quoted if an integer) and ``image`` (put in a list) are rewritten. None unless the record is
-    exactly ``{"id", "image"?, "conversations"}`` in that order, once each.
-    """
-    parts = _plain_parts(bytes(raw))
-    return None if parts is None else _plain_output(parts[0], parts[1])
+    if "" in images or not _turns_ok(turns, len(images)):
+        return None
+    return b"".join(
+        (
+            b'{"id": ',
+            rid if rid[:1] == b'"' else b'"' + rid + b'"',
+            b', "image": [',
+            image or b"",
+            b'], "conversations": ',
+            conversations.translate(None, b"\r\n"),
+            b"}",
+        )
+    ), images
 
 
 def sharegpt_bytes(raw: Any, copy_plain: bool = True) -> tuple[bytes, list[str]]:
@@ -365,7 +361,7 @@ def sharegpt_bytes(raw: Any, copy_plain: bool = True) -> tuple[bytes, list[str]]
     ``copy_plain``: plain-layout records keep the input's formatting (``mix``, the fast path); otherwise every record
     is re-encoded (``convert``, whose output earlier releases always re-encoded).
     """
-    plain = plain_sharegpt_bytes(raw) if copy_plain else None
+    plain = plain_sharegpt_bytes(raw) if copy_plain else None  # (validated again: cheap, and never wrong)
     if plain is not None:
         return plain
     record = to_sharegpt(_ANY.decode(raw))
@@ -373,15 +369,51 @@ def sharegpt_bytes(raw: Any, copy_plain: bool = True) -> tuple[bytes, list[str]]
 
 
 class JsonArrayWriter:
-    """Writes records into an open binary file as a JSON array, one record per line; hashes what it writes."""
+    """Writes records into an open binary file as a JSON array, one record per line; hashes what it writes.
+
+    Batches of about 4 MiB are written and hashed by a second thread (file writes and sha256 release the GIL), so a
+    full mix encodes records on one core while the other writes. Use it as a context manager: on an error the thread
+    is stopped, and an error of the thread (disk full) is raised by :meth:`close`.
+    """
 
     def __init__(self, handle: Any, hasher: Any | None = None) -> None:
+        import queue
+
         self._handle = handle
         self._hasher = hasher
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self.count = 0
         self.bytes_written = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="json-array-writer")
+        self._thread.start()
+
+    def __enter__(self) -> JsonArrayWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def _drain(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                self._handle.write(data)
+                if self._hasher is not None:
+                    self._hasher.update(data)
+            except BaseException as err:  # raised in the main thread by close()
+                self._error = err
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def write(self, record: dict) -> None:
         self.write_bytes(encode_record(record))
@@ -403,15 +435,18 @@ class JsonArrayWriter:
         self._batch_bytes = 0
 
     def _emit(self, data: bytes) -> None:
-        self._handle.write(data)
-        if self._hasher is not None:
-            self._hasher.update(data)
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
         self.bytes_written += len(data)
 
     def close(self) -> None:
-        """Finish the array (``[]`` when no record was written)."""
+        """Finish the array (``[]`` when no record was written); wait until everything is written and hashed."""
         self._flush()
         self._emit(b"\n]\n" if self.bytes_written else b"[]\n")
+        self._stop()
+        if self._error is not None:
+            raise self._error
 
 
 # --------------------------------------------------------------------------------------------------- reading
@@ -509,33 +544,13 @@ class LlavaFile:
         earlier releases did); any other record is decoded with the typed Structs, then decoded again whole and
         re-encoded.
         """
-        data = bytes(self.raws[index])
-        match = _PLAIN_PREFIX.match(data)
-        if match is not None and data[-1:] == b"}":
-            conversations = data[match.end() : -1].rstrip(b" \t\r\n")
-            try:
-                turns = _TURNS.decode(conversations)  # one value: so the record is exactly the plain layout
-                _literal(match.group("id"))  # valid UTF-8
-                image = match.group("image")
-                images = [] if image is None else [_literal(image)]
-            except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
-                turns = None
-            if turns is not None and "" not in images and _turns_ok(turns, len(images)):
-                rid = match.group("id")
-                return b"".join(
-                    (
-                        b'{"id": ',
-                        rid if rid[:1] == b'"' else b'"' + rid + b'"',
-                        b', "image": [',
-                        image or b"",
-                        b'], "conversations": ',
-                        conversations.translate(None, b"\r\n"),
-                        b"}",
-                    )
-                ), images
+        raw = self.raws[index]
+        plain = plain_sharegpt_bytes(raw)
+        if plain is not None:
+            return plain
         # any other layout, or a bad record: the typed decoder validates it (and words the error)
         self.record(index)
-        return sharegpt_bytes(data, copy_plain=False)
+        return sharegpt_bytes(raw, copy_plain=False)
 
     def record(self, index: int) -> LlavaRecord:
         """Record ``index`` decoded and validated."""

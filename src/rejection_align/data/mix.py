@@ -316,16 +316,16 @@ def _mix(options: MixOptions) -> MixResult:
     }
     with atomic_open(output, "wb") as handle:
         digest = hashlib.sha256()
-        writer = JsonArrayWriter(handle, digest)
-        for item in mixed:
-            if type(item) is int:
-                data, record_images_ = instruct.sharegpt(item)  # validated on the way
-                if options.image_dir is not None:
-                    images += record_images_
-                writer.write_bytes(data)
-            else:
-                writer.write_bytes(item)
-        writer.close()
+        with JsonArrayWriter(handle, digest) as writer:
+            for item in mixed:
+                if type(item) is int:
+                    data, record_images_ = instruct.sharegpt(item)  # validated on the way
+                    if options.image_dir is not None:
+                        images += record_images_
+                    writer.write_bytes(data)
+                else:
+                    writer.write_bytes(item)
+            writer.close()
         if options.image_dir is not None:
             _check_images(images, options)
         manifest = _manifest(options, name, source, instruct, counts, output, digest.hexdigest(), writer, entry)
