@@ -608,6 +608,17 @@ def test_nan_and_infinity_are_refused_naming_file_and_record(work, capsys, liter
     assert work.files() == []
 
 
+def test_a_deeply_nested_record_is_an_error_naming_it_not_a_recursion_error(work, capsys):
+    records = json.loads(work.rejection.read_text())
+    records[5]["extra"] = "DEEP"
+    work.rejection.write_text(json.dumps(records).replace('"DEEP"', "[" * 1200 + "]" * 1200))
+    assert work.run("--n-rejection", "2", "--name", "m") == 2
+    err = capsys.readouterr().err
+    assert f"{work.rejection}: record 5: nested too deeply" in err
+    assert "Traceback" not in err
+    assert work.files() == []
+
+
 def test_an_input_with_a_byte_order_mark_mixes_like_one_without(work):
     work.run("--n-rejection", "5", "--n-instruct", "20", "--name", "a")
     work.instruct.write_bytes(b"\xef\xbb\xbf" + work.instruct.read_bytes())
