@@ -23,11 +23,6 @@ RECORDS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("REJECTION_ALIGN_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.fixture
 def path(tmp_path) -> Path:
     path = tmp_path / "mix.json"

@@ -209,7 +209,7 @@ def _explain_validation(message: str, raw: Any, label: str, index: int) -> str:
     """
     try:
         value = _ANY.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
+    except (ValueError, msgspec.MsgspecError, RecursionError):  # bad UTF-8 (a ValueError), too deep
         value = None
     rid = value.get("id") if isinstance(value, dict) else None
     problem, _, path = message.partition(" - at `")
