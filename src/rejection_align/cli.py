@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # an unreadable input or an unwritable output: the user's to fix, like bad data
         if args.verbose:
             raise
-        print(f"rejection-align {args.command}: error: {err}", file=sys.stderr)
+        # name the file: "[Errno 28] No space left on device" alone does not say where
+        where = f"{err.filename}: " if err.filename is not None else ""
+        also = f" -> {err.filename2}" if getattr(err, "filename2", None) is not None else ""
+        print(f"rejection-align {args.command}: error: {where}{err.strerror or err}{also}", file=sys.stderr)
         return 2
 
 

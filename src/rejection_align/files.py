@@ -1,35 +1,148 @@
-"""Safe file writing: whole files appear at once (temp file + rename), and shared files are locked."""
+"""Safe file writing: whole files appear at once (temp file + rename), and shared files are locked.
+
+Temporary files are named ``.NAME.PID.RANDOM.tmp`` beside their target, so that a later run can tell its own
+leftovers (a process that no longer exists, killed before it could clean up) from another process's work in progress.
+SIGTERM is turned into an exception while a temporary file is open, so that ``kill`` cleans up like Ctrl-C does.
+"""
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
+import signal
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+
+DEFAULT_MODE = 0o644
+#: a temp file of an older release (no pid in its name) older than this is a leftover
+STALE_SECONDS = 3600
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while a file was being written: handled like Ctrl-C (the CLI reports an interruption)."""
+
+
+_open_count = 0
+_previous_handler: Any = None
+
+
+@contextlib.contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` (main thread only, and only over the default)."""
+    global _open_count, _previous_handler
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if _open_count == 0:
+        current = signal.getsignal(signal.SIGTERM)
+        if current in (signal.SIG_DFL, None):
+
+            def handler(signum: int, frame: Any) -> None:
+                raise Terminated(f"terminated by signal {signum}")
+
+            _previous_handler = current
+            signal.signal(signal.SIGTERM, handler)
+        else:
+            _previous_handler = None  # someone else handles SIGTERM: leave it to them
+    _open_count += 1
+    try:
+        yield
+    finally:
+        _open_count -= 1
+        if _open_count == 0 and _previous_handler is not None:
+            signal.signal(signal.SIGTERM, _previous_handler)
+            _previous_handler = None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Delete leftover temporary files of ``path`` (ours by their name): of dead processes, or old unnamed ones."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:(\d+)\.)?[A-Za-z0-9_]+\.tmp$")
+    removed = []
+    try:
+        candidates = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in candidates:
+        match = pattern.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = match.group(1)
+        try:
+            stale = (
+                (not _pid_alive(int(pid))) if pid else now - entry.stat(follow_symlinks=False).st_mtime > STALE_SECONDS
+            )
+            if stale:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def _with_filename(err: OSError, path: str | os.PathLike) -> OSError:
+    """The same error naming ``path`` (``[Errno 28] No space left on device`` says nothing of which file)."""
+    if err.filename is not None:
+        return err
+    return type(err)(err.errno, err.strerror or os.strerror(err.errno or 0), os.fspath(path))
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it over ``path`` only if the block finishes.
 
-    An exception (bad input found half-way, Ctrl-C) leaves ``path`` as it was and no temporary file behind.
+    An exception (bad input found half-way, Ctrl-C, SIGTERM) leaves ``path`` as it was and no temporary file behind.
+    A ``path`` that is a symlink is written through (its target is replaced, the link stays); the mode of an existing
+    file is kept (new files get 644).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _with_filename(err, target.parent) from None
+    remove_stale_temp_files(target)
+    try:
+        mode_bits = os.stat(target).st_mode & 0o7777
+    except FileNotFoundError:
+        mode_bits = DEFAULT_MODE
+    with _terminate_cleanly():
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+        except OSError as err:
+            raise _with_filename(err, target) from None
+        try:
+            try:
+                with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
+                    yield handle
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.chmod(tmp, mode_bits)
+                os.replace(tmp, target)
+            except OSError as err:
+                raise _with_filename(err, target) from None
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -46,10 +159,20 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 2
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Exclusive advisory lock on ``<path>.lock``, held across processes for the duration of the block."""
+    """Exclusive advisory lock on ``<path>.lock``, held across processes for the duration of the block.
+
+    The lock file is never opened through a symlink (someone could point it at a file we would then create or
+    append to).
+    """
     lock_path = Path(f"{os.fspath(path)}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
+    try:
+        fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(err.errno, "lock file is a symlink, refusing to follow it", os.fspath(lock_path)) from None
+        raise _with_filename(err, lock_path) from None
+    with os.fdopen(fd, "a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

@@ -17,13 +17,6 @@ RECORDS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    directory = tmp_path / "cache"
-    monkeypatch.setenv("REJECTION_ALIGN_CACHE_DIR", str(directory))
-    return directory
-
-
 @pytest.fixture
 def source(tmp_path) -> Path:
     path = tmp_path / "llava_med.json"
@@ -130,22 +123,52 @@ def test_convert_missing_images_fail_unless_allowed(source, tmp_path, capsys, ca
     assert "b.jpg" in caplog.text
 
 
-def test_convert_leaves_an_index_a_later_mix_reads_from_the_cache(source, tmp_path, caplog):
-    convert(source, "--no-register")
-    with caplog.at_level(logging.INFO):
-        main(
-            [
-                "mix",
-                "--rejection-source",
-                str(source),
-                "--instruct",
-                str(source),
-                "--n-rejection",
-                "1",
-                "--output",
-                str(tmp_path / "out"),
-                "--no-register",
-            ]
-        )
-    assert "llava_med.json: 3 records, index from the cache" in caplog.text
-    assert "reading and validating" not in caplog.text
+def test_convert_through_a_symlinked_output_folder_never_replaces_the_input(source, tmp_path, capsys):
+    link = tmp_path / "linkdir"
+    link.symlink_to(source.parent)
+    before = source.read_bytes()
+    assert main(["convert", str(source), "--output", str(link), "--no-register"]) == 2
+    assert "would overwrite the input file" in capsys.readouterr().err
+    assert source.read_bytes() == before
+
+
+def test_deeply_nested_record_is_an_error_naming_the_record_not_a_traceback(source, capsys):
+    deep = "[" * 1200 + "]" * 1200
+    source.write_text(f'[{json.dumps(RECORDS[0])}, {{"id": "d", "conversations": [], "x": {deep}}}]')
+    assert convert(source) == 2
+    assert f"{source}: record 1: nested too deeply" in capsys.readouterr().err
+    assert list((source.parent / "data").iterdir()) == []
+
+
+def test_output_name_that_is_a_directory_is_refused_before_registering(source, capsys):
+    (source.parent / "data" / "llava_med.json").mkdir(parents=True)
+    assert convert(source) == 2
+    assert "llava_med.json: is a directory" in capsys.readouterr().err
+    assert not (source.parent / "data" / "dataset_info.json").exists()
+
+
+def test_output_option_naming_a_file_is_an_error_naming_the_option(source, tmp_path, capsys):
+    (tmp_path / "outf").write_text("x")
+    assert main(["convert", str(source), "--output", str(tmp_path / "outf"), "--no-register"]) == 2
+    assert f"--output {tmp_path / 'outf'}: exists and is not a directory" in capsys.readouterr().err
+
+
+def test_disk_full_while_writing_names_the_file_and_registers_nothing(source, monkeypatch, capsys):
+    import errno
+    import os
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert convert(source) == 2
+    err = capsys.readouterr().err
+    assert f"{source.parent / 'data' / 'llava_med.json'}: No space left on device" in err
+    data = source.parent / "data"
+    assert sorted(p.name for p in data.iterdir()) == []  # no data file, no temp file, no registration
+
+
+def test_deprecated_cache_option_is_accepted_with_a_warning(source, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert convert(source, "--no-cache") == 0
+    assert "deprecated and ignored" in caplog.text

@@ -60,7 +60,7 @@ def test_entries_not_shipped_are_exactly_what_the_examples_mix_command_registers
     (tmp_path / "llava_v1_5_mix665k.json").write_text(json.dumps(records("i", n2)))
     argv = ["mix", "--rejection-source", str(tmp_path / f"{stem1}.json")]
     argv += ["--instruct", str(tmp_path / "llava_v1_5_mix665k.json"), "--n-rejection", str(n1)]
-    argv += ["--n-instruct", str(n2), "--output", str(tmp_path / "data"), "--no-cache"]
+    argv += ["--n-instruct", str(n2), "--output", str(tmp_path / "data")]
     argv += ["--dataset-info", str(tmp_path / "data" / "dataset_info.json")]
     argv += ["--random-turn"] if "_random_turn" in match["suffix"] else []
     argv += ["--similar"] if "_similar" in match["suffix"] else []

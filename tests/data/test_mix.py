@@ -1,4 +1,4 @@
-"""``rejection-align mix``: sampling, exclusion, --similar, --random-turn, replies, sizing, output, manifest, cache."""
+"""``rejection-align mix``: sampling, exclusion, --similar, --random-turn, replies, sizing, output, manifest, safety."""
 
 import hashlib
 import json
@@ -14,10 +14,11 @@ from conftest import llava_record as record
 from rejection_align import __version__
 from rejection_align.cli import main
 from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE
-from rejection_align.data.record_index import FileKey, IndexCache
 
 
 SORRY = DEFAULT_REJECTION_SENTENCE
+#: the mix below as release 0.1.0 (the hand-written reader with its index cache) wrote it
+RELEASE_0_1_MIX_SHA256 = "0812eaee514d8fc2306b040766521c6c81a05220203531f72e9290431341bf06"
 
 
 def image_record(rid, n_pairs=2, image=True):
@@ -31,13 +32,6 @@ def image_record(rid, n_pairs=2, image=True):
 def write_json(path: Path, data) -> Path:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
     return path
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    directory = tmp_path / "cache"
-    monkeypatch.setenv("REJECTION_ALIGN_CACHE_DIR", str(directory))
-    return directory
 
 
 class Work:
@@ -146,7 +140,6 @@ def test_mix_with_same_seed_is_byte_identical(work, tmp_path):
     work.run(*args)
     first = {name: (work.data / name).read_bytes() for name in work.files()}
     shutil.rmtree(work.data)
-    shutil.rmtree(tmp_path / "cache")
     work.run(*args)
     assert {name: (work.data / name).read_bytes() for name in work.files()} == first
 
@@ -560,7 +553,7 @@ def test_bad_input_is_an_error_naming_file_and_record_and_writes_nothing(work, c
     bad.write_bytes(content)
     work.data.mkdir()
     work.info.write_text("{}\n")
-    assert work.run("--n-rejection", "1", "--n-instruct", "1", "--name", "m") == 2
+    assert work.run("--name", "m") == 2  # every record goes into the mix, so every record is validated
     err = capsys.readouterr().err
     assert f"rejection-align mix: error: {bad}: " in err
     assert expected in err
@@ -587,79 +580,126 @@ def test_bad_input_exits_with_code_2_from_the_command_line(work):
     assert "Traceback" not in result.stderr
 
 
-# ------------------------------------------------------------------------------------------- cache
+def test_instruct_records_left_out_of_the_mix_are_not_decoded(work):
+    records = json.loads(work.instruct.read_text())
+    records[99]["conversations"][0]["from"] = "user"  # bad, but never drawn below
+    write_json(work.instruct, records)
+    assert work.run("--n-rejection", "2", "--n-instruct", "3", "--seed", "1", "--name", "m") == 0
+    assert "99" not in {r["id"] for r in work.output("m")}
 
 
-def test_repeated_mix_reads_the_index_from_the_cache(work, caplog):
-    work.run("--n-rejection", "5", "--n-instruct", "5", "--name", "a")
-    with caplog.at_level(logging.INFO):
-        work.run("--n-rejection", "5", "--n-instruct", "5", "--name", "b")
-    assert caplog.text.count("index from the cache") == 2
-    assert "reading and validating" not in caplog.text
+def test_a_record_without_an_id_anywhere_in_the_instruct_file_is_an_error(work, capsys):
+    records = json.loads(work.instruct.read_text())
+    del records[99]["id"]
+    write_json(work.instruct, records)
+    assert work.run("--n-rejection", "2", "--n-instruct", "3", "--name", "m") == 2
+    assert f"{work.instruct}: record 99 has no 'id'" in capsys.readouterr().err
+    assert work.files() == []
 
 
-def test_mix_from_the_cache_is_byte_identical_to_a_mix_without_cache(work):
-    args = ("--n-rejection", "10", "--n-instruct", "30", "--random-turn", "--name", "m")
-    work.run(*args, "--no-cache")
-    first = {name: (work.data / name).read_bytes() for name in ("m.json", "m.manifest.json")}
-    work.run(*args)  # builds the cache
-    work.run(*args)  # reads it
-    assert {name: (work.data / name).read_bytes() for name in first} == first
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused_naming_file_and_record(work, capsys, literal):
+    text = work.instruct.read_text()
+    work.instruct.write_text(text.replace('"id": 3,', f'"score": {literal}, "id": 3,', 1))
+    assert work.run("--n-rejection", "2", "--name", "m") == 2
+    err = capsys.readouterr().err
+    assert f"{work.instruct}: record 3: not valid JSON: invalid character at line" in err
+    assert "Infinity is not JSON" in err or "NaN is not JSON" in err
+    assert work.files() == []
 
 
-def test_no_cache_writes_no_index(work, cache_dir):
-    work.run("--n-rejection", "3", "--no-cache")
-    assert not cache_dir.exists()
+def test_a_deeply_nested_record_is_an_error_naming_it_not_a_recursion_error(work, capsys):
+    records = json.loads(work.rejection.read_text())
+    records[5]["extra"] = "DEEP"
+    work.rejection.write_text(json.dumps(records).replace('"DEEP"', "[" * 1200 + "]" * 1200))
+    assert work.run("--n-rejection", "2", "--name", "m") == 2
+    err = capsys.readouterr().err
+    assert f"{work.rejection}: record 5: nested too deeply" in err
+    assert "Traceback" not in err
+    assert work.files() == []
 
 
-def test_cache_dir_option_overrides_the_environment(work, tmp_path, cache_dir):
-    work.run("--n-rejection", "3", "--cache-dir", str(tmp_path / "mine"))
-    assert len(list((tmp_path / "mine").glob("*.index"))) == 2
-    assert not cache_dir.exists()
+def test_an_input_with_a_byte_order_mark_mixes_like_one_without(work):
+    work.run("--n-rejection", "5", "--n-instruct", "20", "--name", "a")
+    work.instruct.write_bytes(b"\xef\xbb\xbf" + work.instruct.read_bytes())
+    work.run("--n-rejection", "5", "--n-instruct", "20", "--name", "b")
+    assert (work.data / "a.json").read_bytes() == (work.data / "b.json").read_bytes()
 
 
-def test_changed_input_file_invalidates_its_cached_index(work):
-    work.run("--n-rejection", "0", "--name", "a")
-    write_json(work.instruct, [image_record(f"new{i}") for i in range(7)])
-    work.run("--n-rejection", "0", "--name", "b")
-    assert sorted(r["id"] for r in work.output("b")) == sorted(f"new{i}" for i in range(7))
+def test_an_empty_mix_is_refused_and_nothing_is_written_or_registered(work, capsys):
+    assert work.run("--n-rejection", "0", "--n-instruct", "0") == 2
+    assert "the mix would be empty" in capsys.readouterr().err
+    assert work.files() == []
 
 
-def test_cached_index_that_no_longer_matches_the_file_is_rebuilt(work, cache_dir, caplog):
-    work.run("--n-rejection", "10", "--n-instruct", "30", "--name", "a", "--no-cache")
-    work.run("--n-rejection", "10", "--n-instruct", "30", "--name", "b")
-    cache = IndexCache(cache_dir)
-    key = FileKey.of(work.instruct)
-    index = cache.load(key)
-    index.ids.reverse()  # an index describing other records than the file holds
-    cache.save(index)
+def test_output_through_a_symlink_to_the_input_folder_never_replaces_an_input(work, capsys):
+    link = work.root / "linkdir"
+    link.symlink_to(work.root)
+    before = work.instruct.read_bytes()
+    args = work.args("--n-rejection", "2", "--n-instruct", "8", "--name", "mix665k", "--no-register")
+    args[args.index("--output") + 1] = str(link)
+    assert main(args) == 2
+    assert "would overwrite the input --instruct" in capsys.readouterr().err
+    assert work.instruct.read_bytes() == before
+
+
+def test_a_failure_while_writing_leaves_no_registration_and_no_temp_file(work, monkeypatch, capsys):
+    import errno
+    import os
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    work.data.mkdir()
+    work.info.write_text("{}\n")
+    monkeypatch.setattr(os, "fsync", full)
+    assert work.run("--n-rejection", "2", "--n-instruct", "8", "--name", "m") == 2
+    err = capsys.readouterr().err
+    assert f"rejection-align mix: error: {work.data / 'm.'}" in err and ": No space left on device" in err
+    assert work.files() == ["dataset_info.json"]
+    assert work.info.read_text() == "{}\n"
+
+
+def test_output_name_that_is_a_directory_is_refused_before_anything_is_registered(work, capsys):
+    (work.data / "m.json").mkdir(parents=True)
+    assert work.run("--n-rejection", "2", "--n-instruct", "8", "--name", "m") == 2
+    assert "m.json: is a directory" in capsys.readouterr().err
+    assert not work.info.exists()
+
+
+def test_a_rerun_removes_the_temp_file_a_killed_mix_left(work):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    work.data.mkdir()
+    leftover = work.data / f".m.json.{int(dead.stdout)}.a1b2c3d4.tmp"
+    leftover.write_bytes(b"[\n" * 1000)
+    assert work.run("--n-rejection", "2", "--n-instruct", "8", "--name", "m") == 0
+    assert not leftover.exists()
+    assert [name for name in work.files() if name.endswith(".tmp")] == []
+
+
+def test_deprecated_cache_options_are_accepted_with_a_warning(work, caplog, tmp_path):
     with caplog.at_level(logging.WARNING):
-        work.run("--n-rejection", "10", "--n-instruct", "30", "--name", "c")
-    assert "the cached index does not match the file" in caplog.text
-    assert work.output("c") == work.output("a")
+        assert work.run("--n-rejection", "3", "--name", "m", "--cache-dir", str(tmp_path / "c"), "--no-cache") == 0
+    assert "--cache-dir and --no-cache are deprecated and ignored" in caplog.text
+    assert not (tmp_path / "c").exists()
 
 
-def test_unreadable_cache_file_is_ignored(work, cache_dir, caplog):
-    work.run("--n-rejection", "3", "--name", "a")
-    for path in cache_dir.glob("*.index"):
-        path.write_bytes(b"garbage")
-    with caplog.at_level(logging.WARNING):
-        assert work.run("--n-rejection", "3", "--name", "b") == 0
-    assert "ignoring the unusable index cache" in caplog.text
-    assert work.output("a") == work.output("b")
+def test_same_inputs_and_seed_give_the_bytes_release_0_1_wrote(work):
+    """The msgspec reader changed neither the draw nor the output format."""
+    work.run("--n-rejection", "7", "--n-instruct", "20", "--random-turn", "--name", "m")
+    assert hashlib.sha256((work.data / "m.json").read_bytes()).hexdigest() == RELEASE_0_1_MIX_SHA256
 
 
-def test_non_ascii_input_mixes_identically_with_and_without_cache(work):
+def test_non_ascii_input_mixes_identically_run_after_run(work):
     records = [
         record(f"é{i}", ("<image>\nQu'est-ce que c'est ? 日本", f"Réponse {i} 😀"), image=f"é/{i}.jpg")
         for i in range(30)
     ]
     write_json(work.instruct, records)
-    work.run("--n-rejection", "5", "--n-instruct", "20", "--name", "a", "--no-cache")
+    work.run("--n-rejection", "5", "--n-instruct", "20", "--name", "a")
     work.run("--n-rejection", "5", "--n-instruct", "20", "--name", "b")
-    work.run("--n-rejection", "5", "--n-instruct", "20", "--name", "c")
-    assert work.output("a") == work.output("b") == work.output("c")
-    assert {r["conversations"][1]["value"] for r in work.output("c") if not is_rejection(r)} <= {
+    assert (work.data / "a.json").read_bytes() == (work.data / "b.json").read_bytes()
+    assert {r["conversations"][1]["value"] for r in work.output("b") if not is_rejection(r)} <= {
         f"Réponse {i} 😀" for i in range(30)
     }
 
@@ -673,9 +713,8 @@ def test_records_of_every_layout_are_written_as_their_sharegpt_form(work):
         {"id": "extra", "image": "d.jpg", "conversations": conversation, "model": "v1"},
     ]
     work.instruct.write_text("[\r\n" + ",\r\n".join(json.dumps(r, indent=3) for r in records) + "\r\n]")
-    work.run("--n-rejection", "0", "--name", "a", "--no-cache")
+    work.run("--n-rejection", "0", "--name", "a")
     work.run("--n-rejection", "0", "--name", "b")
-    work.run("--n-rejection", "0", "--name", "c")
     expected = sorted(
         [
             {
@@ -690,8 +729,4 @@ def test_records_of_every_layout_are_written_as_their_sharegpt_form(work):
     assert sorted(work.output("a"), key=lambda r: r["id"]) == expected
     lines = (work.data / "a.json").read_bytes().split(b"\n")
     assert len(lines) == len(records) + 3  # "[", one line per record, "]", ""
-    assert (
-        (work.data / "a.json").read_bytes()
-        == (work.data / "b.json").read_bytes()
-        == (work.data / "c.json").read_bytes()
-    )
+    assert (work.data / "a.json").read_bytes() == (work.data / "b.json").read_bytes()

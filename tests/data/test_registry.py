@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from rejection_align.cli import main
-from rejection_align.errors import DataError
 from rejection_align.data.registry import file_name_for, read_dataset_info, register_dataset, sharegpt_entry
+from rejection_align.errors import DataError
 
 
 COLUMNS = {"messages": "conversations", "images": "image"}
@@ -153,3 +153,52 @@ def test_eight_concurrent_register_processes_all_land(data_dir):
     assert sorted(data) == ["existing"] + [f"mix_{i}" for i in range(8)]
     assert all(data[f"mix_{i}"] == entry("mix.json") for i in range(8))
     assert not [name for name in os.listdir(data_dir) if name.endswith(".tmp")]
+
+
+def test_register_writes_through_a_symlinked_dataset_info_and_keeps_its_mode(data_dir, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    real = shared / "dataset_info.json"
+    real.write_text('{"other": {"file_name": "o.json"}}')
+    real.chmod(0o664)
+    link = data_dir / "dataset_info.json"
+    link.symlink_to(real)
+    assert main(["register", "my_mix", "--file", str(data_dir / "mix.json"), "--dataset-info", str(link)]) == 0
+    assert link.is_symlink()
+    assert list(json.loads(real.read_text())) == ["other", "my_mix"]
+    assert real.stat().st_mode & 0o777 == 0o664
+
+
+def test_register_removes_the_temp_file_a_killed_register_left(data_dir):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = data_dir / f".dataset_info.json.{int(dead.stdout)}.q1w2e3r4.tmp"
+    leftover.write_text("{")
+    info = data_dir / "dataset_info.json"
+    assert main(["register", "my_mix", "--file", str(data_dir / "mix.json"), "--dataset-info", str(info)]) == 0
+    assert not leftover.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"this is not json", "not a JSON array of records"),
+        (b'{"a": 1}', "not a JSON array of records"),
+        (b"[1, 2]", "record 0 is not a JSON object"),
+        (b'[{"a": NaN}]', "not a JSON array of records"),
+    ],
+)
+def test_register_refuses_a_file_that_is_not_a_json_array_of_records(data_dir, capsys, content, expected):
+    bad = data_dir / "bad.json"
+    bad.write_bytes(content)
+    info = data_dir / "dataset_info.json"
+    assert main(["register", "bad", "--file", str(bad), "--dataset-info", str(info)]) == 2
+    assert f"{bad}: {expected}" in capsys.readouterr().err
+    assert not info.exists()
+
+
+def test_register_accepts_json_lines_objects_in_a_jsonl_file(data_dir):
+    lines = data_dir / "mix.jsonl"
+    lines.write_text('{"conversations": []}\n{"conversations": []}\n')
+    info = data_dir / "dataset_info.json"
+    assert main(["register", "lines", "--file", str(lines), "--dataset-info", str(info)]) == 0
+    assert json.loads(info.read_text())["lines"]["file_name"] == "mix.jsonl"

@@ -23,11 +23,6 @@ RECORDS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("REJECTION_ALIGN_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.fixture
 def path(tmp_path) -> Path:
     path = tmp_path / "mix.json"
@@ -112,3 +107,11 @@ def test_stats_of_a_mix_count_its_rejection_examples(tmp_path, capsys):
     stats = file_stats(tmp_path / "m.json")
     assert (stats.records, stats.rejection_answers, stats.records_with_rejection_first) == (42, 12, 12)
     assert stats.str_ids == 42
+
+
+def test_stats_of_a_deeply_nested_record_exit_2_naming_it(tmp_path, capsys):
+    path = tmp_path / "deep.json"
+    deep = "[" * 1200 + "]" * 1200
+    path.write_text(f'[{{"id": "d", "conversations": [], "x": {deep}}}]')
+    assert main(["stats", str(path)]) == 2
+    assert f"{path}: record 0: nested too deeply" in capsys.readouterr().err

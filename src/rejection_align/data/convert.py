@@ -1,7 +1,7 @@
 """Convert a LLaVA-format file to LLaMA-Factory sharegpt (id a string, image a list) and register it.
 
-Every record is validated (turns, speakers, empty values, <image> tags against images) in one streaming pass; the
-output OUTPUT/NAME.json (NAME: the input's stem by default) appears only if the whole file is valid.
+Every record is validated (turns, speakers, empty values, <image> tags against images); the output OUTPUT/NAME.json
+(NAME: the input's stem by default) appears only if the whole file is valid, and is registered once it is in place.
 """
 
 from __future__ import annotations
@@ -15,15 +15,24 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..files import atomic_open
-from .llava_format import JsonArrayWriter, find_missing_images, missing_images_message, record_images, to_sharegpt
-from .record_index import IndexCache, build_index
+from .llava_format import (
+    JsonArrayWriter,
+    LlavaFile,
+    find_missing_images,
+    gc_paused,
+    missing_images_message,
+    sharegpt_bytes,
+)
 from .registry import (
     DEFAULT_DATASET_INFO,
+    add_deprecated_cache_arguments,
     add_output_arguments,
+    check_output_dir,
     check_output_path,
     check_registration,
     register_dataset,
     sharegpt_entry,
+    warn_deprecated_cache_arguments,
 )
 
 
@@ -47,8 +56,6 @@ def convert(
     force: bool = False,
     image_dir: str | os.PathLike | None = None,
     allow_missing_images: bool = False,
-    cache: IndexCache | None = None,
-    progress: bool | None = None,
 ) -> ConvertResult:
     """Convert one file; ``dataset_info=None`` skips registration. Nothing is written if any record is bad."""
     path = Path(path)
@@ -57,31 +64,30 @@ def convert(
     name = name or path.stem
     if "/" in name or "\\" in name or name in (".", ".."):
         raise DataError(f"--name {name!r}: must be a plain name (no path separators)")
+    check_output_dir(output_dir)
     output = Path(output_dir) / f"{name}.json"
     check_output_path(output, dataset_info, {"file": path})
     entry = sharegpt_entry(output, dataset_info) if dataset_info is not None else None
     if entry is not None:
         check_registration(dataset_info, name, entry, force=force)
 
+    source = LlavaFile.read(path)
     images: list[str] = []
-    registration = None
-    with atomic_open(output, "wb") as handle:
+    with gc_paused(), atomic_open(output, "wb") as handle:
         digest = hashlib.sha256()
-        writer = JsonArrayWriter(handle, digest)
-
-        def write(_index: int, record: dict) -> None:
-            if image_dir is not None:
-                images.extend(record_images(record))
-            writer.write(to_sharegpt(record))
-
-        index = build_index(path, visit=write, progress=progress)
-        writer.close()
+        with JsonArrayWriter(handle, digest) as writer:
+            for index, raw in enumerate(source.raws):
+                source.record(index)  # validates it
+                data, record_images = sharegpt_bytes(raw, copy_plain=False)
+                if image_dir is not None:
+                    images += record_images
+                writer.write_bytes(data)
+            writer.close()
         if image_dir is not None:
             _check_images(images, image_dir, allow_missing_images)
-        if entry is not None:
-            registration = register_dataset(dataset_info, name, entry, force=force)
-    if cache is not None:
-        cache.save(index)  # the pass also indexed the file: a later mix from it starts warm
+    registration = None
+    if entry is not None:  # registered last, once the file is in place
+        registration = register_dataset(dataset_info, name, entry, force=force)
     return ConvertResult(output, name, writer.count, digest.hexdigest(), registration)
 
 
@@ -100,11 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, metavar="FILE", help="LLaVA-format JSON array")
     parser.add_argument("--name", help="dataset name and file stem (default: the input's stem)")
     add_output_arguments(parser, "converted file")
-    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help="index cache directory (see `mix --help`)")
-    parser.add_argument("--no-cache", action="store_true", help="do not store the file's index in the cache")
+    add_deprecated_cache_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    warn_deprecated_cache_arguments(args)
     result = convert(
         args.file,
         args.output,
@@ -113,7 +119,6 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         image_dir=args.image_dir,
         allow_missing_images=args.allow_missing_images,
-        cache=None if args.no_cache else IndexCache(args.cache_dir),
     )
     print(f"wrote {result.records} records to {result.output}")
     if result.registration is not None:

@@ -1,27 +1,29 @@
-"""LLaVA-format records: validation, streaming reading of large JSON arrays, and conversion to sharegpt.
+"""LLaVA-format records: typed msgspec Structs, validation, and conversion to sharegpt.
 
 A LLaVA-format file is a JSON array of ``{"id", "image"?, "conversations": [{"from", "value"}, ...]}``. The 665k-record
-``llava_v1_5_mix665k.json`` is about 1 GB, so files are never ``json.load``-ed whole: :func:`walk_records` reads the
-bytes in chunks, decodes one record at a time with the C scanner of :mod:`json`, and reports each record's byte span,
-so callers can keep an index of offsets instead of the whole tree. Indices of records and turns count from 0, as in
-``data[17]["conversations"][3]``.
+``llava_v1_5_mix665k.json`` is about 1 GB, so it is never decoded whole into Python objects: :class:`LlavaFile` reads
+the bytes once and splits the array into each record's raw JSON (``msgspec.Raw``, no decoding) in about half a
+second; a one-field Struct gives every id; only the records a command uses are decoded and validated with the typed
+Structs below. Indices of records and turns count from 0, as in ``data[17]["conversations"][3]``.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import gc
+import hashlib
 import json
 import logging
+import operator
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from json.decoder import scanstring
-from json.scanner import make_scanner
-from pathlib import Path
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from ..errors import DataError
 from ..hook.settings import DEFAULT_SENTENCE as DEFAULT_REJECTION_SENTENCE  # noqa: F401 (re-exported for the data commands)
@@ -37,30 +39,53 @@ WHAT_ABOUT = "what about"
 #: the columns of a LLaMA-Factory sharegpt dataset registered for our output files
 SHAREGPT_COLUMNS = {"messages": "conversations", "images": "image"}
 
-#: record flags kept in the index (one byte per record)
+#: what :func:`check_record` reports about a valid record
 FLAG_HAS_IMAGE = 1
 FLAG_ALL_WHAT_ABOUT = 2  # every question is a "what about" follow-up: unusable for --random-turn
-FLAG_PLAIN = 4  # plain layout {"id", "image"?, "conversations"}: copied to the output without decoding (see below)
 
-CHUNK_BYTES = 16 << 20  # read size; a record spanning two chunks is decoded again after the next read
-PROGRESS_MIN_BYTES = 64 << 20  # smaller files read in well under a second: no progress bar
+#: nesting allowed while splitting a file (records deeper than Python's limit are then reported by number)
+SPLIT_RECURSION_LIMIT = 20_000
+_UTF8_BOM = b"\xef\xbb\xbf"
 
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
 
-# The plain layout of LLaVA records, up to the value of "conversations": {"id": STR|INT, ("image": STR,)?
-# "conversations": ...}. Matched at a record's start, the regex follows the top level exactly (no ambiguity with
-# nested text), so the span of the conversations value is known without a second parse; a record of this layout
-# whose conversations close the object can be copied to the output byte for byte, with no decoding or encoding.
+class Turn(msgspec.Struct, gc=False):
+    """One turn of a conversation; ``from`` is a Python keyword, hence the rename."""
+
+    from_: str = msgspec.field(name="from")
+    value: str
+
+
+class LlavaRecord(msgspec.Struct, gc=False):
+    """The fields of a LLaVA record that the data commands read (other keys are ignored here, kept in outputs)."""
+
+    id: str | int
+    conversations: list[Turn]
+    image: str | list[str] | None = None
+
+
+class _IdOnly(msgspec.Struct, gc=False):
+    id: str | int
+
+
+_SPLIT = msgspec.json.Decoder(list[msgspec.Raw])
+_RECORD = msgspec.json.Decoder(LlavaRecord)
+_TURNS = msgspec.json.Decoder(list[Turn])
+_ID = msgspec.json.Decoder(_IdOnly)
+_ANY = msgspec.json.Decoder()
+
+# The plain layout up to the value of "conversations", matched at a record's start (see plain_sharegpt_bytes)
 _WS = r"[ \t\n\r]*"
-_STRING = r'"[^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*"'  # unrolled: one character-class run when no escape
-_PLAIN_PREFIX_SOURCE = (
+_STRING = r'"[^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*"'
+_PLAIN_PREFIX = re.compile(
     rf'\{{{_WS}"id"{_WS}:{_WS}(?P<id>{_STRING}|-?(?:0|[1-9][0-9]*)){_WS},{_WS}'
-    rf'(?:"image"{_WS}:{_WS}(?P<image>{_STRING}){_WS},{_WS})?"conversations"{_WS}:{_WS}'
+    rf'(?:"image"{_WS}:{_WS}(?P<image>{_STRING}){_WS},{_WS})?"conversations"{_WS}:{_WS}'.encode()
 )
-_PLAIN_PREFIX = re.compile(_PLAIN_PREFIX_SOURCE)
-_PLAIN_PREFIX_BYTES = re.compile(_PLAIN_PREFIX_SOURCE.encode())
-_CLOSE = re.compile(rf"{_WS}\}}")
+_ID_PREFIX = re.compile(rf'\{{{_WS}"id"{_WS}:{_WS}({_STRING}|-?(?:0|[1-9][0-9]*)){_WS}[,}}]'.encode())
 _SHAREGPT_KEYS = ("id", "image", "conversations")
+_SPEAKERS = [HUMAN, GPT] * 64
+_SPEAKER_OF = operator.attrgetter("from_")
+_VALUE_OF = operator.attrgetter("value")
+_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
 def describe(path: str | os.PathLike) -> str:
@@ -68,99 +93,88 @@ def describe(path: str | os.PathLike) -> str:
     return os.fspath(path)
 
 
-def _where(label: str, index: int, record: Any = None) -> str:
+def _where(label: str, index: int, rid: Any = None) -> str:
     """``file: record 17 (id '0042')``: the prefix of every message about one record."""
-    rid = record.get("id") if isinstance(record, dict) else None
     if isinstance(rid, str | int) and not isinstance(rid, bool):
         return f"{label}: record {index} (id {rid!r})"
     return f"{label}: record {index}"
 
 
+def _type_name(value: Any) -> str:
+    return "null" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
 # --------------------------------------------------------------------------------------------------- validation
 
 
-def check_record(record: Any, label: str, index: int) -> tuple[str, int]:
-    """Validate one LLaVA-format record; return its id as a string and its index flags.
+def _turns_ok(turns: list[Turn], n_images: int) -> bool:
+    """Whether the turns pass every rule of :func:`check_record`; C-level list operations, for the fast path."""
+    n_turns = len(turns)
+    if n_turns == 0 or n_turns % 2:
+        return False
+    expected = _SPEAKERS[:n_turns] if n_turns <= len(_SPEAKERS) else [HUMAN, GPT] * (n_turns // 2)
+    if list(map(_SPEAKER_OF, turns)) != expected:
+        return False
+    values = list(map(_VALUE_OF, turns))
+    if not all(map(str.strip, values)) or IMAGE_TAG in "\x00".join(values[1::2]):
+        return False
+    return "\x00".join(values[0::2]).count(IMAGE_TAG) == n_images
 
-    Checks everything LLaMA-Factory would otherwise reject late (or silently drop): an ``id`` that is a string or an
-    integer, ``conversations`` alternating human/gpt and starting with human, an even number of turns, non-empty
-    values, and as many ``<image>`` tags in the human turns as there are images. Written for speed: it runs once per
-    record of a 665k-record file.
+
+def check_record(record: LlavaRecord, label: str, index: int) -> int:
+    """The rules a typed record must also meet; return its flags (:data:`FLAG_HAS_IMAGE`, ...).
+
+    Checks what LLaMA-Factory would otherwise reject late (or silently drop): ``conversations`` alternating
+    human/gpt and starting with human, an even number of turns, non-empty values, and as many ``<image>`` tags in the
+    human turns as there are images. The types were checked by the Struct decoder.
     """
-    if type(record) is not dict:
-        raise DataError(f"{label}: record {index} is a {type(record).__name__}, expected an object")
-
-    rid = record.get("id")
-    if type(rid) is str:
-        rid_str = rid
-    elif type(rid) is int:
-        rid_str = str(rid)
-    elif "id" not in record:
-        raise DataError(f"{label}: record {index} has no 'id'")
-    else:
-        raise DataError(
-            f"{label}: record {index} has id {rid!r} ({type(rid).__name__}), expected a string or an integer"
-        )
-
-    conversations = record.get("conversations")
-    if type(conversations) is not list:
-        if conversations is None and "conversations" not in record:
-            raise DataError(f"{_where(label, index, record)}: has no 'conversations'")
-        raise DataError(
-            f"{_where(label, index, record)}: 'conversations' is a {type(conversations).__name__}, expected a list"
-        )
+    conversations = record.conversations
     n_turns = len(conversations)
     if n_turns == 0:
-        raise DataError(f"{_where(label, index, record)}: 'conversations' is empty")
+        raise DataError(f"{_where(label, index, record.id)}: 'conversations' is empty")
     if n_turns % 2:
         raise DataError(
-            f"{_where(label, index, record)}: has {n_turns} turns, expected an even number (human/gpt pairs)"
+            f"{_where(label, index, record.id)}: has {n_turns} turns, expected an even number (human/gpt pairs)"
         )
-
-    tags = 0
-    all_what_about = True
-    expected = HUMAN
-    for turn_index, turn in enumerate(conversations):
-        if type(turn) is not dict:
-            raise DataError(
-                f"{_where(label, index, record)}: turn {turn_index} is a {type(turn).__name__}, expected an object"
-            )
-        speaker = turn.get("from")
-        if speaker != expected:
-            _raise_bad_speaker(label, index, record, turn_index, speaker, expected)
-        value = turn.get("value")
-        if type(value) is not str or not value.strip():
-            raise DataError(
-                f"{_where(label, index, record)}: turn {turn_index} ({speaker}) has "
-                f"{'an empty' if type(value) is str else 'no' if value is None else 'a non-string'} value"
-                + ("" if type(value) is str or value is None else f" ({type(value).__name__})")
-            )
-        if expected == HUMAN:
-            if IMAGE_TAG in value:
-                tags += value.count(IMAGE_TAG)
-            if all_what_about and WHAT_ABOUT not in value.lower():
-                all_what_about = False
-            expected = GPT
-        else:
-            if IMAGE_TAG in value:
-                raise DataError(
-                    f"{_where(label, index, record)}: turn {turn_index} (gpt) contains {IMAGE_TAG!r}; "
-                    "only human turns may hold image tags"
-                )
-            expected = HUMAN
+    speakers = [turn.from_ for turn in conversations]
+    values = [turn.value for turn in conversations]
+    expected = _SPEAKERS[:n_turns] if n_turns <= len(_SPEAKERS) else [HUMAN, GPT] * (n_turns // 2)
+    # the common case in C-level operations; the turn-by-turn loop below only words the error
+    if speakers != expected or not all(map(str.strip, values)) or IMAGE_TAG in "\x00".join(values[1::2]):
+        _raise_turn_error(record, label, index)
+    humans = values[0::2]
+    tags = "\x00".join(humans).count(IMAGE_TAG)
+    all_what_about = not any(WHAT_ABOUT not in question.lower() for question in humans)
 
     n_images = _count_images(record, label, index)
     if tags != n_images:
         raise DataError(
-            f"{_where(label, index, record)}: got {tags} {IMAGE_TAG} tag{'s' if tags != 1 else ''} in the human turns, "
-            f"expected {n_images} (one per image)"
+            f"{_where(label, index, record.id)}: got {tags} {IMAGE_TAG} tag{'s' if tags != 1 else ''} in the human "
+            f"turns, expected {n_images} (one per image)"
         )
-    return rid_str, (FLAG_HAS_IMAGE if n_images else 0) | (FLAG_ALL_WHAT_ABOUT if all_what_about else 0)
+    return (FLAG_HAS_IMAGE if n_images else 0) | (FLAG_ALL_WHAT_ABOUT if all_what_about else 0)
 
 
-def _raise_bad_speaker(label: str, index: int, record: dict, turn_index: int, speaker: Any, expected: str) -> None:
+def _raise_turn_error(record: LlavaRecord, label: str, index: int) -> None:
+    """Find the first bad turn (speaker out of turn, empty value, image tag in an answer) and raise its error."""
+    expected = HUMAN
+    for turn_index, turn in enumerate(record.conversations):
+        speaker, value = turn.from_, turn.value
+        if speaker != expected:
+            _raise_bad_speaker(_where(label, index, record.id), turn_index, speaker, expected)
+        if not value.strip():
+            raise DataError(f"{_where(label, index, record.id)}: turn {turn_index} ({speaker}) has an empty value")
+        if expected == GPT and IMAGE_TAG in value:
+            raise DataError(
+                f"{_where(label, index, record.id)}: turn {turn_index} (gpt) contains {IMAGE_TAG!r}; "
+                "only human turns may hold image tags"
+            )
+        expected = GPT if expected == HUMAN else HUMAN
+    raise AssertionError("no bad turn found")  # pragma: no cover (called only when one exists)
+
+
+def _raise_bad_speaker(where: str, turn_index: int, speaker: str, expected: str) -> None:
     """Explain a wrong ``from``: unknown speaker, a first turn that is not human, or turns that do not alternate."""
-    where = _where(label, index, record)
     if speaker not in (HUMAN, GPT):
         raise DataError(f"{where}: turn {turn_index} has from={speaker!r}, expected 'human' or 'gpt'")
     if turn_index == 0:
@@ -170,21 +184,78 @@ def _raise_bad_speaker(label: str, index: int, record: dict, turn_index: int, sp
     )
 
 
-def _count_images(record: dict, label: str, index: int) -> int:
+def _count_images(record: LlavaRecord, label: str, index: int) -> int:
     """Number of images of a record: ``image`` may be absent/null, one path, or a list of paths."""
-    image = record.get("image")
+    image = record.image
     if image is None:
         return 0
-    if type(image) is str:
+    if isinstance(image, str):
         if not image:
-            raise DataError(f"{_where(label, index, record)}: 'image' is an empty string")
+            raise DataError(f"{_where(label, index, record.id)}: 'image' is an empty string")
         return 1
-    if type(image) is list:
-        for path in image:
-            if type(path) is not str or not path:
-                raise DataError(f"{_where(label, index, record)}: 'image' holds {path!r}, expected non-empty paths")
-        return len(image)
-    raise DataError(f"{_where(label, index, record)}: 'image' is a {type(image).__name__}, expected a path or a list")
+    for path in image:
+        if not path:
+            raise DataError(f"{_where(label, index, record.id)}: 'image' holds {path!r}, expected non-empty paths")
+    return len(image)
+
+
+_PATH_PART = re.compile(r"\.(\w+)|\[(\d+)\]")
+
+
+def _explain_validation(message: str, raw: Any, label: str, index: int) -> str:
+    """Turn msgspec's ``Expected `str`, got `int` - at `$.conversations[0].value``` into our wording.
+
+    The path becomes ``turn 0 'value'``; the id (if it can be read) joins the record number.
+    """
+    try:
+        value = _ANY.decode(raw)
+    except (ValueError, msgspec.MsgspecError, RecursionError):  # bad UTF-8 (a ValueError), too deep
+        value = None
+    rid = value.get("id") if isinstance(value, dict) else None
+    problem, _, path = message.partition(" - at `")
+    path = path.rstrip("`").removeprefix("$")
+    parts = [(key, int(number) if number else None) for key, number in _PATH_PART.findall(path)]
+    if parts[:1] == [("conversations", None)] and len(parts) >= 2 and parts[1][1] is not None:
+        turn = parts[1][1]
+        place = f"turn {turn}" + "".join(f" {key!r}" if key else f"[{number}]" for key, number in parts[2:])
+    else:
+        place = "".join(f".{key}" if key else f"[{number}]" for key, number in parts).lstrip(".")
+        place = repr(place) if place else ""
+
+    missing = re.match(r"Object missing required field `(\w+)`", problem)
+    if missing:
+        field_name = missing.group(1)
+        if not place and field_name == "id":
+            return f"{label}: record {index} has no 'id'"
+        return f"{_where(label, index, rid)}: {place + ' ' if place else ''}has no {field_name!r}"
+    if not place and problem.startswith("Expected `object`"):
+        return f"{label}: record {index} is a{'n' if _type_name(value)[0] in 'aeiou' else ''} {_type_name(value)}, expected an object"
+    if place == "'id'":
+        return (
+            f"{label}: record {index} has id {rid!r} ({_type_name(rid)}), expected a string or an integer"
+            if isinstance(value, dict)
+            else f"{label}: record {index}: {problem}"
+        )
+    problem = problem[:1].lower() + problem[1:]
+    return f"{_where(label, index, rid)}: {place + ': ' if place else ''}{problem}"
+
+
+def decode_record(raw: Any, label: str, index: int) -> LlavaRecord:
+    """Decode and validate one record's raw JSON with the typed Structs; every problem is a :class:`DataError`."""
+    try:
+        record = _RECORD.decode(raw)
+    except msgspec.ValidationError as err:
+        raise DataError(_explain_validation(str(err), raw, label, index)) from None
+    except msgspec.DecodeError as err:  # a record split from a valid array is valid JSON; kept for direct callers
+        raise DataError(f"{label}: record {index}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise DataError(
+            f"{label}: record {index}: nested too deeply (more than {sys.getrecursionlimit()} levels)"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{label}: record {index}: not valid UTF-8 ({err.reason})") from None
+    check_record(record, label, index)
+    return record
 
 
 def record_images(record: dict) -> list[str]:
@@ -203,10 +274,7 @@ def record_id(record: dict) -> str:
 
 
 def to_sharegpt(record: dict) -> dict:
-    """A new record in LLaMA-Factory sharegpt shape: ``id`` a string, ``image`` a list, other keys kept in order.
-
-    The turn list is shared with the input, not copied (this runs for every record of a full mix); neither is changed.
-    """
+    """A new record in LLaMA-Factory sharegpt shape: ``id`` a string, ``image`` a list, other keys kept in order."""
     out = {"id": record_id(record), "image": record_images(record), "conversations": record["conversations"]}
     if len(record) > 3 or any(key not in _SHAREGPT_KEYS for key in record):
         for key, value in record.items():
@@ -217,10 +285,10 @@ def to_sharegpt(record: dict) -> dict:
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while many decoded records are alive.
+    """Pause the cyclic garbage collector while many decoded objects are alive.
 
     Decoded JSON holds no reference cycles, so the collector finds nothing; but with hundreds of thousands of live
-    dicts and lists each of its full passes walks all of them, which nearly doubled the time of a full mix.
+    objects each of its full passes walks all of them.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -237,24 +305,115 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 def encode_record(record: dict) -> bytes:
-    """One record as compact UTF-8 JSON (the C encoder: indentation would switch to the slow Python one).
+    """One record as compact UTF-8 JSON (``", "`` and ``": "`` separators, as the earlier releases wrote)."""
+    return _ENCODER.encode(record).encode("utf-8")
 
-    A lone surrogate (from a ``\\ud800`` escape in the input) cannot be UTF-8-encoded; it is written back as the same
-    ``\\uXXXX`` escape, which is valid JSON and decodes to the same string.
+
+def _literal(literal: bytes) -> str | int:
+    """The value of an id or image literal matched by ``_PLAIN_PREFIX`` (``UnicodeDecodeError`` on bad UTF-8)."""
+    if literal[:1] != b'"':
+        return int(literal)
+    if b"\\" in literal:
+        return msgspec.json.decode(literal)
+    return literal[1:-1].decode("utf-8")
+
+
+def plain_sharegpt_bytes(raw: Any) -> tuple[bytes, list[str]] | None:
+    """The sharegpt line and images of a valid plain-layout record, made from its bytes; None for any other record.
+
+    Plain layout: exactly ``{"id", "image"?, "conversations"}`` in that order, ``image`` one path. The bytes after
+    the ``"conversations":`` key, up to the closing brace, must decode as one list of turns: that proves the layout
+    and checks the turns' types in one parse; :func:`_turns_ok` checks the rules. The conversations are then copied
+    as they are in the input, with line breaks deleted so that each record is one output line (JSON strings hold no
+    raw line breaks); only ``id`` (quoted if an integer) and ``image`` (put in a list) are rewritten. None also for a
+    plain record that breaks a rule: the typed decoder then words the error.
     """
-    return _ENCODER.encode(record).encode("utf-8", "backslashreplace")
+    data = bytes(raw)
+    match = _PLAIN_PREFIX.match(data)
+    if match is None or data[-1:] != b"}":
+        return None
+    conversations = data[match.end() : -1].rstrip(b" \t\r\n")
+    rid, image = match.group("id", "image")
+    try:
+        turns = _TURNS.decode(conversations)
+        _literal(rid)  # valid UTF-8
+        images = [] if image is None else [_literal(image)]
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
+        return None
+    if "" in images or not _turns_ok(turns, len(images)):
+        return None
+    return b"".join(
+        (
+            b'{"id": ',
+            rid if rid[:1] == b'"' else b'"' + rid + b'"',
+            b', "image": [',
+            image or b"",
+            b'], "conversations": ',
+            conversations.translate(None, b"\r\n"),
+            b"}",
+        )
+    ), images
+
+
+def sharegpt_bytes(raw: Any, copy_plain: bool = True) -> tuple[bytes, list[str]]:
+    """A validated record's sharegpt output line and its images.
+
+    ``copy_plain``: plain-layout records keep the input's formatting (``mix``, the fast path); otherwise every record
+    is re-encoded (``convert``, whose output earlier releases always re-encoded).
+    """
+    plain = plain_sharegpt_bytes(raw) if copy_plain else None  # (validated again: cheap, and never wrong)
+    if plain is not None:
+        return plain
+    record = to_sharegpt(_ANY.decode(raw))
+    return encode_record(record), record["image"]
 
 
 class JsonArrayWriter:
-    """Writes records into an open binary file as a JSON array, one record per line; hashes what it writes."""
+    """Writes records into an open binary file as a JSON array, one record per line; hashes what it writes.
+
+    Batches of about 4 MiB are written and hashed by a second thread (file writes and sha256 release the GIL), so a
+    full mix encodes records on one core while the other writes. Use it as a context manager: on an error the thread
+    is stopped, and an error of the thread (disk full) is raised by :meth:`close`.
+    """
 
     def __init__(self, handle: Any, hasher: Any | None = None) -> None:
+        import queue
+
         self._handle = handle
         self._hasher = hasher
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self.count = 0
         self.bytes_written = 0
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="json-array-writer")
+        self._thread.start()
+
+    def __enter__(self) -> JsonArrayWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def _drain(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                self._handle.write(data)
+                if self._hasher is not None:
+                    self._hasher.update(data)
+            except BaseException as err:  # raised in the main thread by close()
+                self._error = err
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def write(self, record: dict) -> None:
         self.write_bytes(encode_record(record))
@@ -276,415 +435,209 @@ class JsonArrayWriter:
         self._batch_bytes = 0
 
     def _emit(self, data: bytes) -> None:
-        self._handle.write(data)
-        if self._hasher is not None:
-            self._hasher.update(data)
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
         self.bytes_written += len(data)
 
     def close(self) -> None:
-        """Finish the array (``[]`` when no record was written)."""
+        """Finish the array (``[]`` when no record was written); wait until everything is written and hashed."""
         self._flush()
         self._emit(b"\n]\n" if self.bytes_written else b"[]\n")
+        self._stop()
+        if self._error is not None:
+            raise self._error
 
 
 # --------------------------------------------------------------------------------------------------- reading
 
 
-@dataclass
-class ScanResult:
-    """What one pass over a file leaves: per record its byte offset and length, id (as a string) and flags."""
+class _Sha256(threading.Thread):
+    """The file's sha256, for the manifest, computed on the second core (hashlib releases the GIL) while we split."""
 
-    offsets: list[int] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    flags: bytearray = field(default_factory=bytearray)
-    stopped: bool = False  # the scan stopped at ``stop_at`` (see :func:`scan_file`)
+    def __init__(self, data: bytes) -> None:
+        super().__init__(daemon=True, name="sha256")
+        self._data = data
+        self.digest = ""
+
+    def run(self) -> None:
+        self.digest = hashlib.sha256(self._data).hexdigest()
+
+
+@dataclass
+class LlavaFile:
+    """One LLaVA-format file in memory: its bytes, each record's raw JSON, and its sha256.
+
+    Records are decoded only when asked for (:meth:`record`, :meth:`decode`), so a mix of a few thousand records
+    from a 1 GB file costs one read, one split and the ids.
+    """
+
+    path: str  # the real path (symlinks resolved)
+    label: str
+    size: int
+    raws: list[msgspec.Raw]
+    _text: Any  # the array's bytes (after a BOM, if any)
+    _hasher: _Sha256
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, label: str | None = None) -> LlavaFile:
+        """Read and split a file; a file that is not one JSON array is a :class:`DataError` naming the problem."""
+        label = label or describe(path)
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            raise DataError(f"{label}: no such file") from None
+        except IsADirectoryError:
+            raise DataError(f"{label}: is a directory, expected a JSON file") from None
+        hasher = _Sha256(data)
+        hasher.start()
+        text = memoryview(data)[3:] if data.startswith(_UTF8_BOM) else data
+        raws = split_array(text, label, len(data) - len(text))
+        return cls(os.path.realpath(path), label, len(data), raws, text, hasher)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.raws)
 
-    def extend(self, other: ScanResult) -> None:
-        self.offsets += other.offsets
-        self.lengths += other.lengths
-        self.ids += other.ids
-        self.flags += other.flags
+    @property
+    def sha256(self) -> str:
+        self._hasher.join()
+        return self._hasher.digest
 
+    def ids(self) -> list[str]:
+        """Every record's id as a string; checks that each record is an object with a string or integer id.
 
-def scan_file(
-    path: str | os.PathLike,
-    visit: Callable[[int, dict], None] | None = None,
-    label: str | None = None,
-    progress: bool | None = None,
-    start: int = 0,
-    first_index: int = 0,
-    stop_at: int | None = None,
-) -> ScanResult:
-    """Read a LLaVA-format file once, validating every record; call ``visit(index, record)`` for each.
-
-    Memory stays at one chunk plus the index, whatever the file size: records are decoded one at a time and dropped
-    unless ``visit`` keeps them. ``start``/``first_index``: begin at the record starting at that byte (just after a
-    comma), numbered so. ``stop_at``: stop when the next record starts exactly at that byte (``stopped`` is then
-    set); if no record starts there, read on to the end.
-    """
-    label = label or describe(path)
-    result = ScanResult()
-    offsets, lengths, ids, flags = result.offsets, result.lengths, result.ids, result.flags
-    outcome: dict[str, bool] = {}
-    walker = walk_records(
-        path, label=label, progress=progress, start=start, first_index=first_index, stop_at=stop_at, outcome=outcome
-    )
-    for index, offset, length, record, plain in walker:
-        rid, flag = check_record(record, label, index)
-        offsets.append(offset)
-        lengths.append(length)
-        ids.append(rid)
-        flags.append(flag | FLAG_PLAIN if plain else flag)
-        if visit is not None:
-            visit(index, record)
-    result.stopped = outcome.get("stopped", False)
-    return result
-
-
-def load_records(path: str | os.PathLike, label: str | None = None) -> list[dict]:
-    """All records of a (small) LLaVA-format file, validated."""
-    records: list[dict] = []
-    scan_file(path, visit=lambda _index, record: records.append(record), label=label, progress=False)
-    return records
-
-
-_EXPECT_FIRST, _EXPECT_VALUE, _EXPECT_SEPARATOR, _DONE = range(4)
-
-
-class _Window:
-    """The decoded text of the part of the file being walked, refilled chunk by chunk."""
-
-    def __init__(self, handle: Any, label: str, bar: Any) -> None:
-        self.handle = handle
-        self.label = label
-        self.bar = bar
-        self.decoder = codecs.getincrementaldecoder("utf-8")()
-        self.text = ""
-        self.is_ascii = True
-        self.eof = False
-        self.bytes_read = 0
-
-    def refill(self, keep_from: int, n_bytes: int) -> None:
-        """Drop ``text[:keep_from]`` and append the next ``n_bytes`` of the file, decoded."""
-        chunk = self.handle.read(n_bytes)
-        try:
-            if chunk:
-                added = self.decoder.decode(chunk)
-            else:
-                self.eof = True
-                added = self.decoder.decode(b"", final=True)
-        except UnicodeDecodeError as err:
-            raise DataError(f"{self.label}: not valid UTF-8 at byte {self.bytes_read + err.start}") from None
-        self.bytes_read += len(chunk)
-        if self.bar is not None:
-            self.bar.update(len(chunk))
-        self.text = self.text[keep_from:] + added
-        self.is_ascii = self.text.isascii()
-
-
-def walk_records(
-    path: str | os.PathLike,
-    label: str | None = None,
-    progress: bool | None = None,
-    start: int = 0,
-    first_index: int = 0,
-    stop_at: int | None = None,
-    outcome: dict[str, bool] | None = None,
-) -> Iterator[tuple[int, int, int, Any, bool]]:
-    """Yield ``(index, byte_offset, byte_length, value, plain)`` for each element of the top-level array of a file.
-
-    The elements are not validated here (see :func:`check_record`); ``plain``: the record has the plain layout (see
-    :func:`plain_record_to_sharegpt`). Byte offsets are exact for non-ASCII files too:
-    the chunk's text is pure ASCII (char offset = byte offset) or the record is re-encoded to count its bytes.
-    ``start``, ``first_index``, ``stop_at``: see :func:`scan_file`; ``outcome["stopped"]`` tells whether it stopped.
-    """
-    label = label or describe(path)
-    size = os.path.getsize(path)
-    scan_once = make_scanner(json.JSONDecoder())
-    whitespace = _WHITESPACE.match
-    with open(path, "rb") as handle, _progress_bar(size - start, label, progress) as bar:
-        win = _Window(handle, label, bar)
-        handle.seek(start)
-        win.bytes_read = start
-        win.refill(0, CHUNK_BYTES)
-        text = win.text
-        pos = 0
-        bpos = start  # byte offset of text[pos] in the file
-        state = None  # before '['
-        if start:
-            state = _EXPECT_VALUE
-        elif text.startswith("\ufeff"):  # UTF-8 byte-order mark: 1 char, 3 bytes
-            pos, bpos = 1, 3
-        index = first_index
-        grow = CHUNK_BYTES
-        while state != _DONE:
-            end = whitespace(text, pos).end()
-            bpos += end - pos
-            pos = end
-            if pos >= len(text):
-                if win.eof:
-                    _raise_unexpected_end(label, state, index)
-                win.refill(pos, CHUNK_BYTES)
-                text, pos = win.text, 0
-                continue
-
-            char = text[pos]
-            if state is None:
-                if char != "[":
-                    _raise_not_array(label, char)
-                state = _EXPECT_FIRST
-                pos += 1
-                bpos += 1
-            elif state == _EXPECT_SEPARATOR:
-                if char == ",":
-                    state = _EXPECT_VALUE
-                elif char == "]":
-                    state = _DONE
-                else:
-                    raise DataError(
-                        f"{label}: expected ',' or ']' after record {index - 1}, found {char!r} "
-                        f"at {_position(path, bpos)}"
-                    )
-                pos += 1
-                bpos += 1
-            elif char == "]" and state == _EXPECT_FIRST:
-                state = _DONE
-                pos += 1
-                bpos += 1
-            else:
-                if stop_at is not None and bpos >= stop_at:
-                    if bpos == stop_at:
-                        if outcome is not None:
-                            outcome["stopped"] = True
-                        return
-                    stop_at = None  # no record starts there: go on to the end
-                try:
-                    value, end, plain = _decode_element(text, pos, scan_once, win.eof)
-                    error = None
-                except StopIteration as err:
-                    error = ("Expecting value", err.value)
-                except json.JSONDecodeError as err:
-                    error = (err.msg, err.pos)
-                if error is None and (type(value) is dict or end < len(text) or win.eof):
-                    grow = CHUNK_BYTES
-                elif error is not None and (win.eof or not _may_be_truncated(error, len(text))):
-                    err_bytes = bpos + len(text[pos : error[1]].encode("utf-8", "surrogatepass"))
-                    raise DataError(
-                        f"{label}: record {index}: not valid JSON: {error[0]} at {_position(path, err_bytes)}"
-                    )
-                else:  # the record runs past the end of the window: read more (doubling) and decode it again
-                    win.refill(pos, grow)
-                    grow = max(grow, len(win.text))
-                    text, pos = win.text, 0
+        Records that open with their id (``{"id": ...``, the usual layout) give it from a regex match on their
+        first bytes; others are decoded with a one-field Struct.
+        """
+        out: list[str] = []
+        append = out.append
+        match_id = _ID_PREFIX.match
+        for index, raw in enumerate(self.raws):
+            match = match_id(raw)
+            if match is not None:
+                literal = match.group(1)
+                if literal[:1] != b'"':
+                    append(str(int(literal)))
                     continue
-                if win.is_ascii:
-                    length = end - pos
-                else:
-                    segment = text[pos:end]
-                    length = end - pos if segment.isascii() else len(segment.encode("utf-8", "surrogatepass"))
-                yield index, bpos, length, value, plain
-                index += 1
-                bpos += length
-                pos = end
-                state = _EXPECT_SEPARATOR
+                if b"\\" not in literal:
+                    try:
+                        append(literal[1:-1].decode("utf-8"))
+                        continue
+                    except UnicodeDecodeError:
+                        pass
+            try:
+                rid = _ID.decode(raw).id
+            except msgspec.ValidationError as err:
+                raise DataError(_explain_validation(str(err), raw, self.label, index)) from None
+            except msgspec.DecodeError as err:
+                raise DataError(f"{self.label}: record {index}: {err}") from None
+            except RecursionError:
+                raise DataError(f"{self.label}: record {index}: nested too deeply") from None
+            append(rid if type(rid) is str else str(rid))
+        return out
 
-        # only white space may follow the array
-        while True:
-            end = whitespace(text, pos).end()
-            bpos += end - pos
-            pos = end
-            if pos < len(text):
-                raise DataError(f"{label}: extra data after the closing ']' at {_position(path, bpos)}")
-            if win.eof:
-                break
-            win.refill(pos, CHUNK_BYTES)
-            text, pos = win.text, 0
+    def sharegpt(self, index: int) -> tuple[bytes, list[str]]:
+        """Record ``index`` validated and turned into its sharegpt output line, with its images.
 
+        A plain-layout record costs one parse of its turns and is copied from the input (its formatting kept, as
+        earlier releases did); any other record is decoded with the typed Structs, then decoded again whole and
+        re-encoded.
+        """
+        raw = self.raws[index]
+        plain = plain_sharegpt_bytes(raw)
+        if plain is not None:
+            return plain
+        # any other layout, or a bad record: the typed decoder validates it (and words the error)
+        self.record(index)
+        return sharegpt_bytes(raw, copy_plain=False)
 
-def _decode_element(text: str, pos: int, scan_once: Any, eof: bool) -> tuple[Any, int, bool]:
-    """Decode the array element at ``text[pos]``: ``(value, end, plain)``; errors as :func:`json.scanner` raises them.
+    def record(self, index: int) -> LlavaRecord:
+        """Record ``index`` decoded and validated."""
+        return decode_record(self.raws[index], self.label, index)
 
-    Records of the plain layout (see ``_PLAIN_PREFIX``) are decoded member by member so that the span of their
-    conversations is checked to close the record (``plain``); any other element is decoded whole.
-    """
-    match = _PLAIN_PREFIX.match(text, pos)
-    if match is not None:
-        conversations, end = scan_once(text, match.end())
-        close = _CLOSE.match(text, end)
-        if close is not None:
-            record = _plain_record(match, conversations)
-            if record is not None:
-                return record, close.end(), True
-        elif not eof and _WHITESPACE.match(text, end).end() == len(text):
-            raise json.JSONDecodeError("Expecting ',' delimiter", text, len(text))  # the window ends here: read on
-    value, end = scan_once(text, pos)
-    return value, end, False
+    def decode(self, index: int) -> dict:
+        """Record ``index`` as plain Python objects, every key kept (validate it with :meth:`record` first)."""
+        return _ANY.decode(self.raws[index])
 
 
-def _json_string(literal: str) -> str:
-    """The value of a JSON string literal (quotes included) matched by ``_STRING``; escapes decoded."""
-    if "\\" not in literal:
-        return literal[1:-1]
-    return scanstring(literal, 1)[0]
-
-
-def _plain_record(match: re.Match, conversations: Any) -> dict | None:
-    """The record a plain-layout match stands for; None when an escape is invalid (the whole-record decode reports it)."""
+@contextlib.contextmanager
+def _deep_nesting_allowed() -> Iterator[None]:
+    """Let msgspec skip over deep values while splitting, so that a too-deep record is later named by its number."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, SPLIT_RECURSION_LIMIT))
     try:
-        literal = match.group("id")
-        rid: str | int = _json_string(literal) if literal[0] == '"' else int(literal)
-        image = match.group("image")
-        if image is None:
-            return {"id": rid, "conversations": conversations}
-        return {"id": rid, "image": _json_string(image), "conversations": conversations}
-    except ValueError:  # json.JSONDecodeError included
-        return None
-
-
-def decode_record_bytes(data: bytes) -> tuple[Any, bool]:
-    """Decode one record's bytes (read through an index): ``(value, plain)``; ``ValueError`` if it is not exactly one."""
-    text = data.decode("utf-8")
-    try:
-        value, end, plain = _decode_element(text, 0, _SCAN_ONCE, True)
-    except StopIteration:
-        raise ValueError("Expecting value") from None
-    if end != len(text):
-        raise ValueError(f"extra data after the record at char {end}")
-    return value, plain
-
-
-_SCAN_ONCE = make_scanner(json.JSONDecoder())
-
-
-def plain_record_to_sharegpt(data: bytes) -> tuple[bytes, list[str]] | None:
-    """The sharegpt output of a plain-layout record, made from its bytes: ``(json bytes, images)``, or None.
-
-    Only for records flagged :data:`FLAG_PLAIN` when decoded (the flag proves that the conversations close the
-    object); None when the bytes do not even start like one.
-
-    The conversations are copied as they are in the input, with line breaks deleted so that each record is one output
-    line (JSON strings hold no raw line breaks: those are white space between tokens; the indentation after them
-    stays, as more white space); only ``id`` (quoted if an integer) and ``image`` (put in a list) are rewritten.
-    This is what makes a full mix cost one parse instead of a parse, a second decode and an encode.
-    """
-    match = _PLAIN_PREFIX_BYTES.match(data)
-    if match is None or not data.endswith(b"}"):
-        return None
-    conversations = data[match.end() : -1].rstrip(b" \t\r\n").translate(None, b"\r\n")
-    rid = match.group("id")
-    if rid[:1] != b'"':
-        rid = b'"' + rid + b'"'
-    image = match.group("image")
-    if image is None:
-        return b'{"id": ' + rid + b', "image": [], "conversations": ' + conversations + b"}", []
-    images = [_json_string(image.decode("utf-8"))]
-    return b'{"id": ' + rid + b', "image": [' + image + b'], "conversations": ' + conversations + b"}", images
-
-
-def _may_be_truncated(error: tuple[str, int], text_length: int) -> bool:
-    """Whether a decoding error may come from the window ending inside the record rather than from bad JSON."""
-    message, position = error
-    return position >= text_length - 8 or message.startswith("Unterminated string")
-
-
-def _raise_not_array(label: str, char: str) -> None:
-    hint = " (JSON Lines? convert it to one JSON array)" if char == "{" else ""
-    raise DataError(f"{label}: not a JSON array: it starts with {char!r}, expected '['{hint}")
-
-
-def _raise_unexpected_end(label: str, state: int | None, index: int) -> None:
-    if state is None:
-        raise DataError(f"{label}: empty file, expected a JSON array")
-    plural = "" if index == 1 else "s"
-    raise DataError(
-        f"{label}: not valid JSON: the file ends inside the array (after {index} record{plural}, no closing ']')"
-    )
-
-
-def _position(path: str | os.PathLike, byte_offset: int) -> str:
-    """``line L, column C (byte B)``: computed on the error path only, by reading the file up to the offset."""
-    line, line_start, done = 1, 0, 0
-    with open(path, "rb") as handle:
-        while done < byte_offset:
-            chunk = handle.read(min(CHUNK_BYTES, byte_offset - done))
-            if not chunk:
-                break
-            newlines = chunk.count(b"\n")
-            if newlines:
-                line += newlines
-                line_start = done + chunk.rfind(b"\n") + 1
-            done += len(chunk)
-    return f"line {line}, column {byte_offset - line_start + 1} (byte {byte_offset})"
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _progress_bar(size: int, label: str, progress: bool | None) -> Any:
-    """A tqdm bar over the bytes of a large file; ``progress=None``: only for big files on a terminal."""
-    if progress is False or (progress is None and size < PROGRESS_MIN_BYTES):
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(
-        total=size,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=f"reading {Path(label).name}",
-        mininterval=0.5,
-        disable=None if progress is None else False,
-        leave=False,
-    )
-
-
-# --------------------------------------------------------------------------------------------------- random access
-
-
-def read_spans(
-    path: str | os.PathLike, spans: Sequence[tuple[int, int]], max_gap: int = 256 << 10, max_block: int = 16 << 20
-) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(position in spans, bytes)`` for byte spans of a file, in file order, with few large reads.
-
-    Spans closer than ``max_gap`` are read in one block of at most ``max_block`` bytes, so reading every record
-    of a file is a sequential read and reading a few thousand is a few thousand small ``pread`` calls.
-    """
-    order = sorted(range(len(spans)), key=spans.__getitem__)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        start = 0
-        while start < len(order):
-            first_offset = spans[order[start]][0]
-            block_end = first_offset + spans[order[start]][1]
-            stop = start + 1
-            while stop < len(order):
-                offset, length = spans[order[stop]]
-                if offset - block_end > max_gap or offset + length - first_offset > max_block:
-                    break
-                block_end = max(block_end, offset + length)
-                stop += 1
-            block = os.pread(fd, block_end - first_offset, first_offset)
-            if len(block) < block_end - first_offset:
-                raise EOFError(f"{path}: file is shorter than its index")
-            view = memoryview(block)
-            for position in order[start:stop]:
-                offset, length = spans[position]
-                yield position, bytes(view[offset - first_offset : offset - first_offset + length])
-            start = stop
+        yield
     finally:
-        os.close(fd)
+        sys.setrecursionlimit(limit)
+
+
+def split_array(text: Any, label: str, offset: int = 0) -> list[msgspec.Raw]:
+    """Each element's raw JSON; ``text`` must be one JSON array (``offset``: bytes before it, e.g. a BOM)."""
+    head = bytes(text[:64]).lstrip(b" \t\r\n")
+    if not head:
+        if not bytes(text).strip(b" \t\r\n"):
+            raise DataError(f"{label}: empty file, expected a JSON array")
+    elif head[:1] != b"[":
+        char = head[:4].decode("utf-8", "replace")[:1]
+        hint = " (JSON Lines? convert it to one JSON array)" if char == "{" else ""
+        raise DataError(f"{label}: not a JSON array: it starts with {char!r}, expected '['{hint}")
+    with _deep_nesting_allowed():
+        try:
+            return _SPLIT.decode(text)
+        except msgspec.ValidationError as err:
+            raise DataError(f"{label}: not a JSON array ({err})") from None
+        except msgspec.DecodeError as err:
+            message = str(err)
+            match = _BYTE.search(message)
+            position = int(match.group(1)) if match else len(text)
+            number = None if "trailing characters" in message else _record_number(text, position)
+            where = f"{label}: record {number}" if number is not None else label
+            raise DataError(f"{where}: not valid JSON: {_decode_problem(message, text, offset)}") from None
+        except RecursionError:
+            raise DataError(
+                f"{label}: not supported: a value is nested more than {SPLIT_RECURSION_LIMIT} levels deep"
+            ) from None
+
+
+_BYTE = re.compile(r"\(byte (\d+)\)$")
+
+
+def _record_number(text: Any, position: int, attempts: int = 64) -> int | None:
+    """The number of the record holding byte ``position`` of a broken array (error path only), or None.
+
+    Tries the commas before the error, last first: the first prefix that closes into a valid array ends at a comma
+    between records, and its length is the number of the broken record. No comma at all: the first record.
+    """
+    prefix = bytes(text[:position])
+    end = len(prefix)
+    for _ in range(attempts):
+        comma = prefix.rfind(b",", 0, end)
+        if comma < 0:
+            return 0 if prefix.lstrip(b" \t\r\n")[:1] == b"[" else None
+        try:
+            return len(_SPLIT.decode(prefix[:comma] + b"]"))
+        except (msgspec.DecodeError, RecursionError):
+            end = comma
+    return None
+
+
+def _decode_problem(message: str, text: Any, offset: int) -> str:
+    """msgspec's decode error with the byte turned into ``line L, column C (byte B)``; NaN/Infinity named."""
+    message = message.removeprefix("JSON is malformed: ")
+    if message == "Input data was truncated":
+        return "the file ends inside the array (truncated), or a string holds an invalid \\u escape"
+    match = _BYTE.search(message)
+    if match is None:
+        return message
+    position = int(match.group(1))
+    data = bytes(text[: position + 9])
+    line = data.count(b"\n", 0, position) + 1
+    column = position - (data.rfind(b"\n", 0, position) + 1) + 1
+    found = data[position:]
+    literal = next((word for word in ("NaN", "Infinity", "-Infinity") if found.startswith(word.encode())), None)
+    note = f" ({literal} is not JSON; write null or a number)" if literal else ""
+    return f"{message[: match.start()].rstrip()} at line {line}, column {column} (byte {position + offset}){note}"
 
 
 # --------------------------------------------------------------------------------------------------- images
@@ -714,94 +667,3 @@ def missing_images_message(n_checked: int, missing: list[str], image_dir: str | 
     """``3 of 7002 images are missing under DIR: a.jpg, b.jpg, c.jpg``."""
     shown = ", ".join(missing[:show]) + (f", ... ({len(missing) - show} more)" if len(missing) > show else "")
     return f"{len(missing)} of {n_checked} images are missing under {os.fspath(image_dir)}: {shown}"
-
-
-# --------------------------------------------------------------------------------------------------- two processes
-
-PARALLEL_MIN_BYTES = 128 << 20  # below this, starting a second interpreter costs more than it saves
-_RECORD_START_BYTES = re.compile(rb',[ \t\r\n]*(\{[ \t\r\n]*"id"[ \t\r\n]*:)')
-
-
-def guess_record_start(path: str | os.PathLike, near: int, window: int = 4 << 20) -> int | None:
-    """A byte offset after ``near`` where a record probably starts (``, {"id":``), or None.
-
-    Only a guess: the text could be a nested object. :func:`scan_file_parallel` accepts it only if the sequential
-    scan of the first part lands exactly on it.
-    """
-    with open(path, "rb") as handle:
-        handle.seek(near)
-        match = _RECORD_START_BYTES.search(handle.read(window))
-    return near + match.start(1) if match else None
-
-
-_WORKER_CODE = "from rejection_align.data.llava_format import _scan_tail_main; _scan_tail_main()"
-
-
-def _scan_tail_main() -> None:
-    """Worker process (``python -c``, see :func:`scan_file_parallel`): scan from a byte to the end, pickle the result.
-
-    A plain interpreter rather than :mod:`multiprocessing`: its ``spawn`` start method runs the parent's main
-    script again, which a library must not do to its callers.
-    """
-    import pickle
-    import sys
-
-    path, start, label = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    try:
-        answer: tuple[str, Any] = ("ok", scan_file(path, label=label, progress=False, start=start))
-    except DataError as err:
-        answer = ("error", str(err))
-    except Exception as err:  # reported by the parent, which then reads that part itself
-        answer = ("crash", repr(err))
-    pickle.dump(answer, sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def scan_file_parallel(
-    path: str | os.PathLike, label: str | None = None, progress: bool | None = None, min_bytes: int | None = None
-) -> ScanResult:
-    """:func:`scan_file` on two cores: a second process scans the second half of a large file meanwhile.
-
-    The split is a guessed record start (:func:`guess_record_start`), confirmed only when this process's scan of
-    the first half lands exactly on it; otherwise this process simply reads on to the end. An error found in the
-    second half is reported by reading that half again here, so that its record number is right.
-    """
-    import pickle
-    import subprocess
-    import sys
-
-    label = label or describe(path)
-    size = os.path.getsize(path)
-    split = None
-    if size >= (PARALLEL_MIN_BYTES if min_bytes is None else min_bytes) and (os.cpu_count() or 1) > 1:
-        split = guess_record_start(path, size // 2)
-    if split is None:
-        return scan_file(path, label=label, progress=progress)
-
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-c", _WORKER_CODE]
-    worker = subprocess.Popen(
-        [*command, os.fspath(path), str(split), label], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
-    try:
-        head = scan_file(path, label=label, progress=progress, stop_at=split)
-        if not head.stopped:  # the guess was no record start: the scan went on to the end
-            logger.debug("%s: byte %d is no record start; read in one process", label, split)
-            return head
-        output, errors = worker.communicate()
-        try:
-            status, tail = pickle.loads(output)
-        except Exception as err:  # a worker that died (killed, out of memory) leaves no answer
-            status, tail = "crash", f"exit code {worker.returncode}: {err}; {errors.decode(errors='replace')[-500:]}"
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.communicate()
-    if status != "ok":
-        if status == "crash":
-            logger.warning("%s: the second reading process failed (%s); reading on here", label, tail)
-        tail = scan_file(path, label=label, progress=progress, start=split, first_index=len(head))
-    else:
-        logger.debug("%s: %d records from byte %d read by a second process", label, len(tail), split)
-    head.extend(tail)
-    return head

@@ -35,6 +35,8 @@ from .llava_format import (
     IMAGE_TAG,
     WHAT_ABOUT,
     JsonArrayWriter,
+    LlavaFile,
+    check_record,
     encode_record,
     find_missing_images,
     gc_paused,
@@ -42,14 +44,16 @@ from .llava_format import (
     record_images,
     to_sharegpt,
 )
-from .record_index import IndexCache, RecordSource
 from .registry import (
     DEFAULT_DATASET_INFO,
+    add_deprecated_cache_arguments,
     add_output_arguments,
+    check_output_dir,
     check_output_path,
     check_registration,
     register_dataset,
     sharegpt_entry,
+    warn_deprecated_cache_arguments,
 )
 
 
@@ -61,7 +65,7 @@ _NAME_RE = re.compile(r"^[^/\\\x00]+$")
 
 @dataclass(frozen=True)
 class MixOptions:
-    """Everything that decides the content of a mix (and, apart from the cache settings, goes into the manifest)."""
+    """Everything that decides the content of a mix (all of it goes into the manifest)."""
 
     rejection_source: Path
     instruct: Path
@@ -79,10 +83,6 @@ class MixOptions:
     allow_missing_images: bool = False
     strict: bool = False
     force: bool = False
-    # how, not what: left out of the manifest, so a cached and an uncached run write the same bytes
-    cache_dir: Path | None = None
-    use_cache: bool = True
-    progress: bool | None = None
 
 
 @dataclass
@@ -206,23 +206,27 @@ def mix(options: MixOptions) -> MixResult:
 
 
 def _mix(options: MixOptions) -> MixResult:
-    cache = IndexCache(options.cache_dir) if options.use_cache else None
     ratio = options.rejection_ratio
     take_all_instruct = options.n_instruct is None
+    labels = {"--rejection-source": options.rejection_source, "--instruct": options.instruct}
+    check_output_dir(options.output)
+    if options.name is not None:  # the name is known: refuse a bad output before reading 1 GB
+        _check_outputs(options, options.name, labels)
 
-    instruct = RecordSource(options.instruct, cache, progress=options.progress)
-    instruct.open()
-    source = RecordSource(options.rejection_source, cache, progress=options.progress)
-    source.open()
-    index1, index2 = source.index, instruct.index
-    assert index1 is not None and index2 is not None
+    instruct = LlavaFile.read(options.instruct)
+    source = LlavaFile.read(options.rejection_source)
+    # file 1, the small one, is validated whole: --random-turn needs to know which records it can use
+    flags1 = [check_record(source.record(i), source.label, i) for i in range(len(source))]
+    ids1 = source.ids()
+    ids2 = instruct.ids()
+    logger.info("%s: %d records; %s: %d records", source.label, len(source), instruct.label, len(instruct))
 
     # file 1: the records usable as rejection examples
     if options.random_turn:
-        population1: Sequence[int] = [i for i, flag in enumerate(index1.flags) if not flag & FLAG_ALL_WHAT_ABOUT]
+        population1: Sequence[int] = [i for i, flag in enumerate(flags1) if not flag & FLAG_ALL_WHAT_ABOUT]
     else:
-        population1 = range(len(index1))
-    skipped_what_about = len(index1) - len(population1)
+        population1 = range(len(source))
+    skipped_what_about = len(source) - len(population1)
     if skipped_what_about:
         logger.warning(
             "%s: %d records skipped for --random-turn: every question is a 'what about' follow-up",
@@ -235,7 +239,7 @@ def _mix(options: MixOptions) -> MixResult:
         wanted1 = len(population1) if options.n_rejection is None else options.n_rejection
         wanted2 = None
     else:
-        wanted2 = len(index2) if take_all_instruct else options.n_instruct
+        wanted2 = len(instruct) if take_all_instruct else options.n_instruct
         wanted1 = _ratio_count(ratio, wanted2)
         if wanted1 > len(population1):
             if options.strict:
@@ -254,8 +258,7 @@ def _mix(options: MixOptions) -> MixResult:
     sample1 = _rng(options.seed, "rejection").sample(population1, n1)
 
     # file 2: excluding the ids drawn from file 1 (or, with --similar, only those ids); ids compare as strings
-    drawn = {index1.ids[i] for i in sample1}
-    ids2 = index2.ids
+    drawn = {ids1[i] for i in sample1}
     if options.similar:
         population2: Sequence[int] = [i for i, rid in enumerate(ids2) if rid in drawn]
     elif drawn:
@@ -276,33 +279,29 @@ def _mix(options: MixOptions) -> MixResult:
     if ratio is not None and n2 < wanted2:  # fewer instruct records than planned: keep the fraction exact
         sample1 = sample1[: _ratio_count(ratio, n2)]
         n1 = len(sample1)
+    if n1 + n2 == 0:
+        raise DataError(
+            f"the mix would be empty (0 rejection and 0 instruct records from {source.label} and {instruct.label}); "
+            "nothing written"
+        )
 
-    # the records
+    # the rejection records, made now (few); the instruct records are validated and encoded as they are written
     turn_rng = _rng(options.seed, "turn") if options.random_turn else None
     reply_rng = _rng(options.seed, "reply")
-    mixed: list[tuple[bytes, list[str]]] = []  # each record as its sharegpt JSON line, with its images
+    mixed: list[bytes | int] = []  # a rejection record's sharegpt JSON line, or the index of an instruct record
+    images: list[str] = []
     reply_counts = dict.fromkeys(options.replies, 0)
-    for record in source.fetch(sample1):
+    for i in sample1:
         reply = reply_rng.choice(options.replies)
         reply_counts[reply] += 1
-        rejection = to_sharegpt(make_rejection_record(record, reply, turn_rng))
-        mixed.append((encode_record(rejection), rejection["image"]))
-    mixed += instruct.fetch_sharegpt(sample2)
+        rejection = to_sharegpt(make_rejection_record(source.decode(i), reply, turn_rng))
+        mixed.append(encode_record(rejection))
+        images += rejection["image"]
+    mixed += sample2
     _rng(options.seed, "shuffle").shuffle(mixed)
 
-    if options.image_dir is not None:
-        _check_images([path for _data, images in mixed for path in images], options)
-
     name = options.name or default_name(options, n1, n2)
-    output = options.output / f"{name}.json"
-    manifest_path = options.output / f"{name}.manifest.json"
-    inputs = {item.label: item.path for item in (source, instruct)}
-    for path in (output, manifest_path):
-        check_output_path(path, options.dataset_info, inputs)
-
-    entry = sharegpt_entry(output, options.dataset_info) if options.dataset_info is not None else None
-    if entry is not None:
-        check_registration(options.dataset_info, name, entry, force=options.force)
+    output, manifest_path, entry = _check_outputs(options, name, labels)
 
     counts = {
         "rejection": n1,
@@ -315,20 +314,42 @@ def _mix(options: MixOptions) -> MixResult:
         "instruct_excluded_by_id": excluded,
         "instruct_eligible_similar": len(population2) if options.similar else None,
     }
-    registration = None
     with atomic_open(output, "wb") as handle:
         digest = hashlib.sha256()
-        writer = JsonArrayWriter(handle, digest)
-        for data, _images in mixed:
-            writer.write_bytes(data)
-        writer.close()
+        with JsonArrayWriter(handle, digest) as writer:
+            for item in mixed:
+                if type(item) is int:
+                    data, record_images_ = instruct.sharegpt(item)  # validated on the way
+                    if options.image_dir is not None:
+                        images += record_images_
+                    writer.write_bytes(data)
+                else:
+                    writer.write_bytes(item)
+            writer.close()
+        if options.image_dir is not None:
+            _check_images(images, options)
         manifest = _manifest(options, name, source, instruct, counts, output, digest.hexdigest(), writer, entry)
         with atomic_open(manifest_path, "w") as manifest_handle:
             manifest_handle.write(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
-            # registering last: if it fails (a concurrent, different definition), neither file is renamed into place
-            if entry is not None:
-                registration = register_dataset(options.dataset_info, name, entry, force=options.force)
+    # registered last, once both files are in place: a failure before leaves no entry without its file
+    registration = None
+    if entry is not None:
+        registration = register_dataset(options.dataset_info, name, entry, force=options.force)
     return MixResult(output, manifest_path, name, n1, n2, registration, counts)
+
+
+def _check_outputs(
+    options: MixOptions, name: str, inputs: dict[str, Path]
+) -> tuple[Path, Path, dict[str, Any] | None]:
+    """The output paths and the registration entry, checked before anything is written."""
+    output = options.output / f"{name}.json"
+    manifest_path = options.output / f"{name}.manifest.json"
+    for path in (output, manifest_path):
+        check_output_path(path, options.dataset_info, inputs)
+    entry = sharegpt_entry(output, options.dataset_info) if options.dataset_info is not None else None
+    if entry is not None:
+        check_registration(options.dataset_info, name, entry, force=options.force)
+    return output, manifest_path, entry
 
 
 def _check_images(paths: list[str], options: MixOptions) -> None:
@@ -346,17 +367,15 @@ def _check_images(paths: list[str], options: MixOptions) -> None:
     logger.warning("%s", message)
 
 
-def _input_manifest(source: RecordSource) -> dict[str, Any]:
-    index = source.index
-    assert index is not None
-    return {"path": index.key.path, "sha256": index.sha256, "bytes": index.key.size, "records": len(index)}
+def _input_manifest(source: LlavaFile) -> dict[str, Any]:
+    return {"path": source.path, "sha256": source.sha256, "bytes": source.size, "records": len(source)}
 
 
 def _manifest(
     options: MixOptions,
     name: str,
-    source: RecordSource,
-    instruct: RecordSource,
+    source: LlavaFile,
+    instruct: LlavaFile,
     counts: dict[str, Any],
     output: Path,
     output_sha256: str,
@@ -476,16 +495,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--name", help="dataset name and file stem (default: {n1}_{stem1}_{n2}_{stem2}{suffix})")
     add_output_arguments(out, "mix")
-
-    cache = parser.add_argument_group("index cache")
-    cache.add_argument(
-        "--cache-dir",
-        type=Path,
-        metavar="DIR",
-        help="where record indices are kept (default: $REJECTION_ALIGN_CACHE_DIR, "
-        "$XDG_CACHE_HOME/rejection-align or ~/.cache/rejection-align)",
-    )
-    cache.add_argument("--no-cache", action="store_true", help="neither read nor write the index cache")
+    add_deprecated_cache_arguments(parser)
 
 
 def options_from_args(args: argparse.Namespace) -> MixOptions:
@@ -506,12 +516,11 @@ def options_from_args(args: argparse.Namespace) -> MixOptions:
         allow_missing_images=args.allow_missing_images,
         strict=args.strict,
         force=args.force,
-        cache_dir=args.cache_dir,
-        use_cache=not args.no_cache,
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    warn_deprecated_cache_arguments(args)
     result = mix(options_from_args(args))
     print(
         f"wrote {result.n_rejection + result.n_instruct} records ({result.n_rejection} rejection, "

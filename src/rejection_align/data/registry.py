@@ -53,18 +53,28 @@ def check_output_path(
     """Refuse an output that would replace one of ``inputs`` (label -> path) or a registry file.
 
     A file named ``dataset_info.json`` is LLaMA-Factory's registry: writing a dataset over it would lose every entry.
+    Paths are compared as real paths (symlinks resolved), so a linked --output folder cannot hide an input.
+    An output name that is a directory is refused too (the rename would fail after the work is done).
     """
-    target = os.path.abspath(output)
+    target = os.path.realpath(output)
     if Path(output).name == DATASET_INFO_NAME or (
-        dataset_info is not None and target == os.path.abspath(dataset_info)
+        dataset_info is not None and target == os.path.realpath(dataset_info)
     ):
         raise DataError(f"{output}: the output would overwrite a {DATASET_INFO_NAME}; choose another --name")
 
     for label, path in inputs.items():
-        if target == os.path.abspath(path):
+        if target == os.path.realpath(path):
             raise DataError(
-                f"{output}: the output would overwrite the input {label}; choose another --output or --name"
+                f"{output}: the output would overwrite the input {label} ({path}); choose another --output or --name"
             )
+    if os.path.isdir(output):
+        raise DataError(f"{output}: is a directory; choose another --name")
+
+
+def check_output_dir(directory: str | os.PathLike) -> None:
+    """``--output`` must be a directory or not exist yet (it is then created)."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise DataError(f"--output {directory}: exists and is not a directory")
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -148,7 +158,7 @@ def register_dataset(
     """
     _validate(name, entry)
     path = Path(dataset_info_path)
-    with file_lock(path):
+    with file_lock(os.path.realpath(path)):  # one lock per real file, whatever link it is reached by
         info = read_dataset_info(path)
         action = _decide(path, info, name, entry, force)
         if action != "unchanged":
@@ -181,6 +191,49 @@ def add_output_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     )
 
 
+def add_deprecated_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--cache-dir``/``--no-cache``: accepted and ignored for one release (there is no index cache any more)."""
+    parser.add_argument("--cache-dir", type=Path, metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--no-cache", action="store_true", help=argparse.SUPPRESS)
+
+
+def warn_deprecated_cache_arguments(args: argparse.Namespace) -> None:
+    if args.cache_dir is not None or args.no_cache:
+        logger.warning(
+            "--cache-dir and --no-cache are deprecated and ignored: files are read without an index cache now; "
+            "they will be removed in the next release"
+        )
+
+
+def check_dataset_file(path: str | os.PathLike) -> None:
+    """What ``register --file`` accepts: a JSON array of objects, or JSON Lines objects for a ``.jsonl`` file."""
+    import msgspec
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a JSON file") from None
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        if Path(path).suffix == ".jsonl":
+            for number, line in enumerate(data.splitlines(), 1):
+                if line.strip():
+                    try:
+                        msgspec.json.decode(line, type=dict)
+                    except msgspec.MsgspecError as err:
+                        raise DataError(f"{path}: line {number} is not a JSON object ({err})") from None
+            return
+        for number, raw in enumerate(msgspec.json.decode(data, type=list[msgspec.Raw])):
+            if bytes(memoryview(raw)[:1]) != b"{":
+                raise DataError(f"{path}: record {number} is not a JSON object; nothing registered")
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        raise DataError(f"{path}: not a JSON array of records ({err}); nothing registered") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply; nothing registered") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="dataset name, as used in the training YAML (dataset: NAME)")
     parser.add_argument("--file", required=True, type=Path, help="the sharegpt JSON file to register")
@@ -194,8 +247,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.file.is_file():
-        raise DataError(f"{args.file}: no such file")
+    check_dataset_file(args.file)
     entry = sharegpt_entry(args.file, args.dataset_info)
     action = register_dataset(args.dataset_info, args.name, entry, force=args.force)
     print(f"{args.dataset_info}: {args.name!r} {action} (file_name: {entry['file_name']})")

@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
-from .llava_format import DEFAULT_REJECTION_SENTENCE, record_images, scan_file
+from .llava_format import DEFAULT_REJECTION_SENTENCE, LlavaFile, gc_paused
 
 
 @dataclass
@@ -46,42 +45,47 @@ class FileStats:
 def file_stats(
     path: str | os.PathLike, sentences: list[str] | tuple[str, ...] = (DEFAULT_REJECTION_SENTENCE,)
 ) -> FileStats:
-    """One streaming pass over the file (memory: the ids, for the duplicate count)."""
+    """One pass over the file, every record validated (memory: the file's bytes and the ids)."""
     stats = FileStats(file=os.fspath(path), rejection_by_sentence=dict.fromkeys(sentences, 0))
     wanted = {sentence.strip(): sentence for sentence in sentences}
     by_sentence = stats.rejection_by_sentence
     pair_counts: Counter[int] = Counter()
 
-    def visit(_index: int, record: dict) -> None:
-        conversations = record["conversations"]
-        stats.turns += len(conversations)
-        pair_counts[len(conversations) // 2] += 1
-        n_images = len(record_images(record))
-        if n_images:
-            stats.records_with_image += 1
-            stats.images += n_images
-        if type(record["id"]) is int:
-            stats.int_ids += 1
-        found = 0
-        for turn_index in range(1, len(conversations), 2):  # the gpt turns (scan_file checked the alternation)
-            sentence = wanted.get(conversations[turn_index]["value"].strip())
-            if sentence is not None:
-                by_sentence[sentence] += 1
-                found += 1
-                if turn_index == 1:
-                    stats.records_with_rejection_first += 1
-        if found:
-            stats.rejection_answers += found
-            stats.records_with_rejection += 1
+    source = LlavaFile.read(path)
+    ids: list[str] = []
+    with gc_paused():
+        for index in range(len(source)):
+            record = source.record(index)  # validated
+            conversations = record.conversations
+            stats.turns += len(conversations)
+            pair_counts[len(conversations) // 2] += 1
+            image = record.image
+            n_images = 0 if image is None else 1 if isinstance(image, str) else len(image)
+            if n_images:
+                stats.records_with_image += 1
+                stats.images += n_images
+            if type(record.id) is int:
+                stats.int_ids += 1
+            ids.append(str(record.id))
+            found = 0
+            for turn_index in range(1, len(conversations), 2):  # the gpt turns (validation checked the alternation)
+                sentence = wanted.get(conversations[turn_index].value.strip())
+                if sentence is not None:
+                    by_sentence[sentence] += 1
+                    found += 1
+                    if turn_index == 1:
+                        stats.records_with_rejection_first += 1
+            if found:
+                stats.rejection_answers += found
+                stats.records_with_rejection += 1
 
-    scan = scan_file(path, visit=visit)
-    stats.records = len(scan)
+    stats.records = len(source)
     stats.records_without_image = stats.records - stats.records_with_image
     stats.str_ids = stats.records - stats.int_ids
     if pair_counts:
         stats.pairs_min, stats.pairs_max = min(pair_counts), max(pair_counts)
         stats.pairs_mean = round(sum(k * v for k, v in pair_counts.items()) / stats.records, 4)
-    id_counts = Counter(scan.ids)
+    id_counts = Counter(ids)
     duplicated = [rid for rid, count in id_counts.items() if count > 1]  # first-occurrence order: deterministic
     stats.duplicated_ids = len(duplicated)
     stats.duplicate_records = sum(id_counts[rid] - 1 for rid in duplicated)
@@ -125,8 +129,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.file.is_file():
-        raise DataError(f"{args.file}: no such file")
     stats = file_stats(args.file, args.sentences)
     print(json.dumps(stats.to_dict(), ensure_ascii=False, indent=2) if args.json else format_stats(stats))
     return 0
