@@ -181,6 +181,25 @@ def _wrap_get_preprocessed_dataset(original: Any) -> Any:
     return get_preprocessed_dataset
 
 
+def _patch_get_dataset(loader: Any) -> None:
+    """Check and record the settings of a ``tokenized_path`` dataset (``saved.py``).
+
+    ``get_dataset`` is imported by name into ``llamafactory.data`` and the training workflows, so every copy
+    already made is replaced too; modules imported later copy the patched one from ``llamafactory.data``.
+    """
+    from .saved import wrap_get_dataset
+
+    current = loader.get_dataset
+    if getattr(current, _MARK, False):
+        return
+
+    wrapped = wrap_get_dataset(current)
+    for name, module in list(sys.modules.items()):
+        ours = name == "llamafactory" or name.startswith("llamafactory.")
+        if ours and getattr(module, "get_dataset", None) is current:
+            _replace(module, "get_dataset", wrapped)
+
+
 def _show_logs_like_llamafactory() -> None:
     """Our INFO lines go where LLaMA-Factory's go, unless the application configured logging itself."""
     if logger.handlers or logging.getLogger().handlers:
@@ -215,6 +234,7 @@ def patch_loader(module: Any) -> None:
     _replace(module, "SupervisedDatasetProcessor", RejectionSupervisedDatasetProcessor)
     _replace(module, "PackedSupervisedDatasetProcessor", RejectionPackedSupervisedDatasetProcessor)
     _replace(module, "_get_preprocessed_dataset", _wrap_get_preprocessed_dataset(module._get_preprocessed_dataset))
+    _patch_get_dataset(module)
     _FAILURES.pop(LOADER_MODULE, None)
     _show_logs_like_llamafactory()
 
