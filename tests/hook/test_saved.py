@@ -62,7 +62,21 @@ def load(tiny_llava_dir, data_dir, tmp_path, **extra):
     model_args, data_args, training_args, _, _ = get_train_args(args)
     tokenizer_module = load_tokenizer(model_args)
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    return loader.get_dataset(template, model_args, data_args, training_args, "sft", **tokenizer_module)
+    dataset_module = loader.get_dataset(template, model_args, data_args, training_args, "sft", **tokenizer_module)
+    return {**dataset_module, "template": template, **tokenizer_module}
+
+
+def collate(loaded: dict, rows: list[dict]) -> dict:
+    """The batch LLaMA-Factory's SFT workflow would hand to the model."""
+    from llamafactory.data import SFTDataCollatorWith4DAttentionMask
+
+    collator = SFTDataCollatorWith4DAttentionMask(
+        template=loaded["template"],
+        tokenizer=loaded["tokenizer"],
+        processor=loaded["processor"],
+        label_pad_token_id=IGNORE_INDEX,
+    )
+    return collator(rows)
 
 
 def test_saving_with_the_method_on_records_the_settings_beside_the_dataset(
@@ -136,16 +150,20 @@ def test_a_dataset_saved_with_the_same_settings_is_loaded_with_its_masked_labels
 # ------------------------------------------------------------------------------------------------------- streaming
 
 
-def test_a_streamed_dataset_has_exactly_stocks_columns_and_inputs(patched, tiny_llava_dir, data_dir, tmp_path):
-    options = dict(streaming=True, max_steps=2, dataloader_num_workers=1, rejection_mask_eos=True)  # 0 shards: empty
-    ours = list(load(tiny_llava_dir, data_dir, tmp_path, **options)["train_dataset"])
+def test_a_streamed_dataset_gives_the_same_batches_as_stock_but_for_the_rejection_closings(
+    patched, tiny_llava_dir, data_dir, tmp_path
+):
+    options = dict(streaming=True, max_steps=2, dataloader_num_workers=1)  # 0 shards would stream nothing
+    ours_loaded = load(tiny_llava_dir, data_dir, tmp_path, **options, rejection_mask_eos=True)
     rejection_align.uninstall()
-    stock_options = {key: value for key, value in options.items() if key != "rejection_mask_eos"}
-    stock = list(load(tiny_llava_dir, data_dir, tmp_path, **stock_options)["train_dataset"])
+    stock_loaded = load(tiny_llava_dir, data_dir, tmp_path, **options)
+    ours, stock = list(ours_loaded["train_dataset"]), list(stock_loaded["train_dataset"])
+    ours_batch, stock_batch = collate(ours_loaded, ours), collate(stock_loaded, stock)
 
     assert len(ours) == len(stock) == len(CONVERSATIONS)
-    assert [sorted(row) for row in ours] == [sorted(row) for row in stock]
-    assert [row["input_ids"] for row in ours] == [row["input_ids"] for row in stock]
-    assert [row["labels"][:-1] for row in ours] == [row["labels"][:-1] for row in stock]
-    assert {row["labels"][-1] for row in stock} == {2}  # every stock answer trains its </s>
-    assert sorted(row["labels"][-1] for row in ours) == [IGNORE_INDEX, IGNORE_INDEX, 2, 2]  # two rejection answers
+    assert sorted(ours_batch) == sorted(stock_batch)
+    assert ours_batch["input_ids"].tolist() == stock_batch["input_ids"].tolist()
+    assert ours_batch["attention_mask"].tolist() == stock_batch["attention_mask"].tolist()
+    changed = (ours_batch["labels"] != stock_batch["labels"]).nonzero().tolist()
+    assert len(changed) == 2  # one closing </s> in each of the two examples that end with a rejection answer
+    assert all(ours_batch["labels"][row, column] == IGNORE_INDEX for row, column in changed)
