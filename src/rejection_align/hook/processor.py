@@ -34,6 +34,7 @@ POSITIONS_COLUMN = "_rejection_align_positions"  # per-row positions the method 
 OUR_COLUMNS = (STATS_COLUMN, POSITIONS_COLUMN)
 STATS_FIELDS = ("examples", "rejection_examples", "turns", "rejection_turns", "closed_turns", "truncated_turns",
                 "tokens_changed", "merged_turns")  # fmt: skip
+OUTPUT_VERSION = 2  # bump when the columns or the treated positions change
 _SENTINEL = "\u0000rejection-align\u0000"
 _NO_TURNS: frozenset[int] = frozenset()
 
@@ -88,6 +89,9 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         if self._settings is None:
             return
 
+        # part of the `datasets` cache fingerprint (the processor is hashed by value): a cache written by an older
+        # hook, with other columns or closing rules, is not reused
+        self._output_version = OUTPUT_VERSION
         # a private copy of the template: the shared one is also used for generation and must stay untouched
         self.template = copy.copy(self.template)
         self._encoder = _RecordedEncoder(self.template, type(self.template).encode_multiturn)
