@@ -22,11 +22,16 @@ def _base_tokenizer():
     return build_tiny_tokenizer(TEMPLATE_SPECIAL_TOKENS)
 
 
-def make_processor(template_name: str, settings=None, *, packed: bool = False, stock: bool = False, **data_kwargs):
+def make_processor(
+    template_name: str | None, settings=None, *, packed: bool = False, stock: bool = False, added_tokens=(),
+    special_tokens=(), chat_template: str | None = None, **data_kwargs,
+):  # fmt: skip
     """A real LLaMA-Factory supervised processor for ``template_name`` with a fresh tiny tokenizer.
 
     ``stock=True`` gives LLaMA-Factory's own class; otherwise ours, with ``settings`` attached to ``data_args``
-    the way the parser hook attaches them.
+    the way the parser hook attaches them. ``added_tokens`` / ``special_tokens`` extend the tokenizer (an added
+    ``"\n\n"`` merges two line breaks as real BPE vocabularies do); ``chat_template`` is used with
+    ``template_name=None``.
     """
     from llamafactory.data.processor.supervised import PackedSupervisedDatasetProcessor, SupervisedDatasetProcessor
     from llamafactory.data.template import get_template_and_fix_tokenizer
@@ -40,6 +45,12 @@ def make_processor(template_name: str, settings=None, *, packed: bool = False, s
     )
 
     tokenizer = copy.deepcopy(_base_tokenizer())
+    if added_tokens:
+        tokenizer.add_tokens(list(added_tokens))
+    if special_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(special_tokens)})
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     data_args = DataArguments(template=template_name, **{"cutoff_len": 512, **data_kwargs})
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     if settings is not None:

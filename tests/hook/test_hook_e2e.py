@@ -213,3 +213,30 @@ def test_a_misspelt_rejection_key_stops_the_run_with_the_valid_keys(tmp_path, ti
     assert "unknown rejection-align key 'rejection_mask_eso'" in result.stderr
     assert "rejection_mask_eos, rejection_mask_mode, rejection_sentences, rejection_match" in result.stderr
     assert not (tmp_path / "tokenized").exists()
+
+
+def test_a_streamed_run_trains_with_the_method_on(tmp_path, tiny_llava_dir, dataset_dir):
+    config = train_config(
+        tiny_llava_dir, dataset_dir, tmp_path, rejection_mask_eos=True, streaming=True, dataloader_num_workers=1
+    )  # one shard: LLaMA-Factory streams a local file in dataloader_num_workers shards
+    del config["tokenized_path"]  # LLaMA-Factory cannot save a streamed dataset
+    result = run_train(tmp_path, config)
+
+    assert_succeeded(result)
+    assert "rejection-align [train]: streaming dataset, counts are not available" in result.stdout + result.stderr
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_tokenized_path_saved_with_the_method_on_stops_a_run_with_the_method_off(
+    tmp_path, tiny_llava_dir, dataset_dir
+):
+    masked = run_train(tmp_path / "on", train_config(tiny_llava_dir, dataset_dir, tmp_path, rejection_mask_eos=True))
+    assert_succeeded(masked)
+    off = train_config(tiny_llava_dir, dataset_dir, tmp_path, output_dir=str(tmp_path / "adapter_off"))
+    result = run_train(tmp_path / "off", off)
+
+    assert result.returncode != 0
+    assert f"tokenized_path {tmp_path / 'tokenized'} holds a dataset tokenized with rejection_mask_eos=True" in (
+        result.stderr
+    )
+    assert "this run asks for method off" in result.stderr

@@ -312,3 +312,133 @@ def test_the_processor_survives_a_pickle_round_trip_with_its_settings():
 
     assert encode(clone, turns) == encode(processor, turns)
     assert encode(clone, turns)[1][-2:] == [IGNORE_INDEX, IGNORE_INDEX]
+
+
+# ------------------------------------------------------------------------- answers merged with the closing text
+
+# a chat template that writes "\n" and the EOS after every message's content (read with template: null)
+CONTENT_NEWLINE_EOS = "{% for m in messages %}{{ m['content'] + '\\n' + eos_token }}{% endfor %}"
+CONTENT_NEWLINE = "{% for m in messages %}{{ m['content'] + '\\n' }}{% endfor %}"
+MERGING = {"added_tokens": ["\n\n"]}  # two line breaks become one token, as in real BPE vocabularies
+
+
+def stats_of(output, row: int = 0) -> dict[str, int]:
+    return dict(zip(STATS_FIELDS, output[STATS_COLUMN][row]))
+
+
+def test_deepseekcoder_answer_ending_in_a_line_break_untrains_only_the_purely_closing_tokens():
+    kwargs = dict(MERGING, special_tokens=["<|EOT|>"])
+    turns = ["What is this?", SENTENCE + "\n"]
+    stock_ids, stock_labels = encode(make_processor("deepseekcoder", stock=True, **kwargs), turns)
+    processor = make_processor("deepseekcoder", ON, **kwargs)
+    output = processor.preprocess_dataset(batch(turns))
+
+    tokenizer = processor.tokenizer
+    assert [tokenizer.decode([t]) for t in stock_ids[-3:]] == ["\n\n", "<|EOT|>", "\n"]  # answer and template merged
+    assert output["input_ids"][0] == stock_ids
+    assert output["labels"][0] == stock_labels[:-2] + [IGNORE_INDEX, IGNORE_INDEX]
+    assert stats_of(output)["merged_turns"] == 1
+
+
+def test_a_chat_template_writing_a_line_break_and_eos_untrains_only_the_eos_of_an_answer_ending_in_a_line_break():
+    turns = ["What is this?", SENTENCE + "\n"]
+    kwargs = dict(MERGING, chat_template=CONTENT_NEWLINE_EOS)
+    stock_ids, stock_labels = encode(make_processor(None, stock=True, **kwargs), turns)
+    output = make_processor(None, ON, **kwargs).preprocess_dataset(batch(turns))
+
+    assert stock_ids[-1] == 2  # </s>
+    assert output["input_ids"][0] == stock_ids
+    assert output["labels"][0] == stock_labels[:-1] + [IGNORE_INDEX]
+    assert stats_of(output)["closed_turns"] == 1
+
+
+def test_an_answer_whose_every_closing_token_merged_is_left_as_stock_and_counted():
+    turns = ["What is this?", SENTENCE + "\n", "And now?", SENTENCE]
+    kwargs = dict(MERGING, chat_template=CONTENT_NEWLINE)
+    stock_ids, stock_labels = encode(make_processor(None, stock=True, **kwargs), turns)
+    output = make_processor(None, ON, **kwargs).preprocess_dataset(batch(turns))
+
+    last_closing = len(stock_ids) - 1  # the second answer's own "\n"
+    assert output["input_ids"][0] == stock_ids
+    assert output["labels"][0] == [IGNORE_INDEX if i == last_closing else x for i, x in enumerate(stock_labels)]
+    assert (stats_of(output)["merged_turns"], stats_of(output)["closed_turns"]) == (1, 1)
+
+
+def test_a_layout_mismatch_names_the_turn_and_the_tokens_instead_of_a_version(monkeypatch):
+    from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
+
+    original = SupervisedDatasetProcessor._encode_data_example
+
+    def shifted(self, *args, **kwargs):  # stands for a foreign change to LLaMA-Factory's output
+        input_ids, labels = original(self, *args, **kwargs)
+        return [1, *input_ids[:-1]], [IGNORE_INDEX, *labels[:-1]]
+
+    monkeypatch.setattr(SupervisedDatasetProcessor, "_encode_data_example", shifted)
+    with pytest.raises(RuntimeError) as caught:
+        make_processor("llava", ON).preprocess_dataset(batch(["What is this?", SENTENCE]))
+
+    message = str(caught.value)
+    assert "the answer of turn 0 (0 = first) should be at input positions" in message
+    assert "version" not in message
+
+
+# ----------------------------------------------------------------------------------------- reasoning templates
+
+
+@pytest.mark.parametrize("mode", ["mask", "drop"])
+def test_qwen3_without_thinking_matches_the_answer_left_after_the_empty_thought_block(mode):
+    turns = ["What is this?", "<think>\n\n</think>\n\n" + SENTENCE]
+    options = dict(enable_thinking=False)
+    stock_ids, stock_labels = encode(make_processor("qwen3", stock=True, **options), turns)
+    processor = make_processor("qwen3", RejectionSettings(mask_eos=True, mask_mode=mode), **options)
+    input_ids, labels = encode(processor, turns)
+
+    closing = processor.tokenizer.encode("<|im_end|>\n", add_special_tokens=False)
+    trained = [x for x in stock_labels if x != IGNORE_INDEX]
+    assert processor.tokenizer.decode(trained) == SENTENCE + "<|im_end|>\n"  # the thought block is not trained
+    if mode == "mask":
+        assert input_ids == stock_ids
+        assert labels == stock_labels[:-2] + [IGNORE_INDEX, IGNORE_INDEX]
+    else:
+        assert (input_ids, labels) == (stock_ids[:-2], stock_labels[:-2])
+    assert stock_ids[-2:] == closing
+
+
+def test_qwen3_with_thinking_keeps_matching_the_answer_as_written():
+    turns = ["What is this?", "<think>\nIt asks for harm.\n</think>\n\n" + SENTENCE]
+    stock = encode(make_processor("qwen3", stock=True), turns)
+
+    assert encode(make_processor("qwen3", ON), turns) == stock  # the trained text is more than the sentence
+
+
+# ------------------------------------------------------------------------------------------ the printed example
+
+
+def test_the_printed_example_lists_only_the_positions_the_method_changed(capsys):
+    processor = make_processor("qwen", ON)
+    stock_ids, _ = encode(make_processor("qwen", stock=True), ["What is this?", SENTENCE, "And now?", NORMAL])
+    output = processor.preprocess_dataset(batch(["What is this?", SENTENCE, "And now?", NORMAL]))
+    processor.print_data_example({key: value[0] for key, value in output.items()})
+
+    [positions] = closings_after_sentence(processor, "qwen", stock_ids)
+    assert f"untrained closing-token positions: {positions}" in capsys.readouterr().out
+
+
+def test_the_printed_example_lists_no_position_for_an_example_without_a_rejection_answer(capsys):
+    processor = make_processor("qwen", ON)
+    output = processor.preprocess_dataset(batch(["What is this?", NORMAL, "And now?", NORMAL]))
+    processor.print_data_example({key: value[0] for key, value in output.items()})
+
+    assert "untrained closing-token positions: []" in capsys.readouterr().out
+
+
+def test_the_printed_pack_lists_the_changed_positions_in_pack_coordinates(capsys):
+    columns = batch(["What is this?", NORMAL], ["Who lives there?", SENTENCE])
+    kwargs = dict(packed=True, cutoff_len=256, packing=True)
+    stock = make_processor("qwen", stock=True, **kwargs).preprocess_dataset(columns)
+    processor = make_processor("qwen", ON, **kwargs)
+    output = processor.preprocess_dataset(columns)
+    processor.print_data_example({key: value[0] for key, value in output.items()})
+
+    [positions] = closings_after_sentence(processor, "qwen", stock["input_ids"][0])
+    assert f"untrained closing-token positions: {positions}" in capsys.readouterr().out

@@ -6,7 +6,7 @@ let the stock method produce its output and compute, from the same inputs, where
 processor then checks that layout against the real output before touching anything.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 
@@ -85,24 +85,39 @@ class Closing(NamedTuple):
     kind: str  # TOKEN or LABEL
 
 
+def purely_closing_len(target: Sequence[int], suffix: Sequence[int]) -> int:
+    """How many trailing tokens of an encoded answer are the template's closing tokens and nothing else.
+
+    The answer's content and the template's closing text are encoded together, so a tokenizer may merge the
+    content's last characters with the closing text's first ones (an answer ending in ``\n`` under a template
+    that writes ``\n<|EOT|>`` after it gives one ``\n\n`` token). Trailing tokens equal to the trailing tokens
+    of the closing text encoded alone hold only closing characters; the merged token and everything before it
+    belong (partly) to the answer and are left alone.
+    """
+    count = 0
+    limit = min(len(target), len(suffix))
+    while count < limit and target[-1 - count] == suffix[-1 - count]:
+        count += 1
+    return count
+
+
 def closing_positions(
     layout: Layout,
-    rejection_turns: frozenset[int],
-    suffix_len: int,
+    closing_lens: Mapping[int, int],
     efficient_eos: bool,
 ) -> tuple[list[Closing], list[int]]:
     """Positions of the closing token(s) of each rejection turn, and the rejection turns that were truncated.
 
-    Ordinary templates close an answer with the last ``suffix_len`` tokens of its target (``</s>``,
-    ``<|eot_id|>``, ``<|im_end|>`` + ``\\n``). ``efficient_eos`` templates keep the EOS out of the target: it is
-    the label on the token right after the answer (the next prompt's first token) or, for the last answer,
-    the EOS appended at the very end.
+    ``closing_lens`` maps each rejection turn to the number of purely closing tokens at the end of its target
+    (:func:`purely_closing_len`): ``</s>``, ``<|eot_id|>``, ``<|im_end|>`` + ``\n``; 0 leaves the turn alone.
+    ``efficient_eos`` templates keep the EOS out of the target: it is the label on the token right after the
+    answer (the next prompt's first token) or, for the last answer, the EOS appended at the very end.
     """
     closings: list[Closing] = []
     truncated: list[int] = []
     segments = layout.segments
     for index, segment in enumerate(segments):
-        if segment.turn not in rejection_turns:
+        if segment.turn not in closing_lens:
             continue
 
         if not segment.target_whole:
@@ -110,8 +125,9 @@ def closing_positions(
             continue
 
         if not efficient_eos:
-            if suffix_len and segment.target_len >= suffix_len:
-                start = segment.target_end - suffix_len
+            count = min(closing_lens[segment.turn], segment.target_len)
+            if count:
+                start = segment.target_end - count
                 closings.append(Closing(segment.turn, tuple(range(start, segment.target_end)), TOKEN))
         elif index == len(segments) - 1:
             closings.append(Closing(segment.turn, (layout.final_eos,), TOKEN))
@@ -123,23 +139,25 @@ def closing_positions(
 
 def apply_closings(
     input_ids: list[int], labels: list[int], closings: Sequence[Closing], mode: str
-) -> tuple[list[int], list[int], int]:
-    """Ignore (``mask``) or remove (``drop``) the closing positions; returns new lists and how many changed.
+) -> tuple[list[int], list[int], list[int]]:
+    """Ignore (``mask``) or remove (``drop``) the closing positions; returns new lists and the changed positions.
 
-    In ``drop`` mode a LABEL closing cannot be removed without deleting a prompt token, so it is ignored instead.
+    The changed positions are those of the input lists (before any removal). In ``drop`` mode a LABEL closing
+    cannot be removed without deleting a prompt token, so it is ignored instead.
     """
     labels = list(labels)  # pure: the caller keeps its lists as they were (a copy costs ~1 us per example)
     to_drop: set[int] = set()
-    changed = 0
+    changed: list[int] = []
     for closing in closings:
         for position in closing.positions:
             if mode == "drop" and closing.kind == TOKEN:
                 to_drop.add(position)
-                changed += 1
+                changed.append(position)
             elif labels[position] != IGNORE_INDEX:
                 labels[position] = IGNORE_INDEX
-                changed += 1
+                changed.append(position)
 
+    changed.sort()
     if not to_drop:
         return input_ids, labels, changed
 

@@ -218,35 +218,43 @@ def patch_v1_parser(module: Any) -> None:
 
 
 def _log_counts(dataset: Any, data_args: Any, is_eval: bool, should_log: bool) -> Any:
-    """Sum the per-row counters into one log line and drop the column before anything else sees it."""
-    from .processor import STATS_COLUMN, STATS_FIELDS, settings_of
+    """Sum the per-row counters into one log line and drop our columns before anything else sees them.
 
-    columns = getattr(dataset, "column_names", None) or []
-    if STATS_COLUMN not in columns:
-        return dataset
-
-    if not should_log:
-        return dataset.remove_columns([STATS_COLUMN])
+    A streamed dataset (``IterableDataset``) does not know its columns after ``map`` (``column_names`` is None):
+    our columns are removed from it whenever the method is on; the removal is lazy and skips absent columns.
+    """
+    from .processor import OUR_COLUMNS, STATS_COLUMN, STATS_FIELDS, settings_of
 
     settings = settings_of(data_args)
+    columns = getattr(dataset, "column_names", None)
+    if columns is None or not hasattr(dataset, "__len__"):  # streamed
+        if settings is None and not (columns and STATS_COLUMN in columns):
+            return dataset
+
+        if should_log:
+            split = "eval" if is_eval else "train"
+            logger.info(f"rejection-align [{split}]: streaming dataset, counts are not available")
+        return dataset.remove_columns(list(OUR_COLUMNS))
+
+    ours = [column for column in OUR_COLUMNS if column in columns]
+    if STATS_COLUMN not in ours or not should_log:
+        return dataset.remove_columns(ours) if ours else dataset
+
     names = ", ".join(data_args.eval_dataset if is_eval and data_args.eval_dataset else data_args.dataset or [])
     split = "eval" if is_eval else "train"
-    if hasattr(dataset, "with_format") and hasattr(dataset, "__len__"):
-        import pyarrow.compute as pc
+    import pyarrow.compute as pc
 
-        flat = pc.list_flatten(dataset.with_format("arrow")[STATS_COLUMN]).to_numpy()
-        totals = dict(zip(STATS_FIELDS, flat.reshape(-1, len(STATS_FIELDS)).sum(axis=0).tolist()))
-        action = "dropped" if settings and settings.mask_mode == "drop" else "masked"
-        logger.info(
-            f"rejection-align [{split}: {names}]: {totals['rejection_examples']} of {totals['examples']} examples "
-            f"have a rejection answer ({totals['rejection_turns']} of {totals['turns']} turns); closing token(s) "
-            f"{action} in {totals['closed_turns']} turns ({totals['tokens_changed']} tokens), "
-            f"{totals['truncated_turns']} truncated by cutoff_len left untouched"
-        )
-    else:
-        logger.info(f"rejection-align [{split}: {names}]: streaming dataset, counts are not available")
-
-    return dataset.remove_columns([STATS_COLUMN])
+    flat = pc.list_flatten(dataset.with_format("arrow")[STATS_COLUMN]).to_numpy()
+    totals = dict(zip(STATS_FIELDS, flat.reshape(-1, len(STATS_FIELDS)).sum(axis=0).tolist()))
+    action = "dropped" if settings and settings.mask_mode == "drop" else "masked"
+    logger.info(
+        f"rejection-align [{split}: {names}]: {totals['rejection_examples']} of {totals['examples']} examples "
+        f"have a rejection answer ({totals['rejection_turns']} of {totals['turns']} turns); closing token(s) "
+        f"{action} in {totals['closed_turns']} turns ({totals['tokens_changed']} tokens), "
+        f"{totals['truncated_turns']} truncated by cutoff_len left untouched, {totals['merged_turns']} whose "
+        "answer merged with the template's closing text (only purely closing tokens untrained)"
+    )
+    return dataset.remove_columns(ours)
 
 
 def _wrap_get_preprocessed_dataset(original: Any) -> Any:
@@ -267,6 +275,25 @@ def _wrap_get_preprocessed_dataset(original: Any) -> Any:
 
     setattr(get_preprocessed_dataset, _MARK, True)
     return get_preprocessed_dataset
+
+
+def _patch_get_dataset(loader: Any) -> None:
+    """Check and record the settings of a ``tokenized_path`` dataset (``saved.py``).
+
+    ``get_dataset`` is imported by name into ``llamafactory.data`` and the training workflows, so every copy
+    already made is replaced too; modules imported later copy the patched one from ``llamafactory.data``.
+    """
+    from .saved import wrap_get_dataset
+
+    current = loader.get_dataset
+    if getattr(current, _MARK, False):
+        return
+
+    wrapped = wrap_get_dataset(current)
+    for name, module in list(sys.modules.items()):
+        ours = name == "llamafactory" or name.startswith("llamafactory.")
+        if ours and getattr(module, "get_dataset", None) is current:
+            _replace(module, "get_dataset", wrapped)
 
 
 def _show_logs_like_llamafactory() -> None:
@@ -303,6 +330,7 @@ def patch_loader(module: Any) -> None:
     _replace(module, "SupervisedDatasetProcessor", RejectionSupervisedDatasetProcessor)
     _replace(module, "PackedSupervisedDatasetProcessor", RejectionPackedSupervisedDatasetProcessor)
     _replace(module, "_get_preprocessed_dataset", _wrap_get_preprocessed_dataset(module._get_preprocessed_dataset))
+    _patch_get_dataset(module)
     _FAILURES.pop(LOADER_MODULE, None)
     _show_logs_like_llamafactory()
 

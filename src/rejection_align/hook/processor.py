@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llamafactory.data.mm_plugin import BasePlugin
+from llamafactory.data.processor import supervised as lf_supervised
 from llamafactory.data.processor.processor_utils import infer_seqlen
 from llamafactory.data.processor.supervised import PackedSupervisedDatasetProcessor, SupervisedDatasetProcessor
+from llamafactory.data.template import ReasoningTemplate
 
-from .masking import IGNORE_INDEX, apply_closings, closing_positions, layout_turns
+from .masking import apply_closings, closing_positions, layout_turns, purely_closing_len
 from .settings import RejectionSettings
 
 
@@ -28,8 +30,11 @@ logger = logging.getLogger(__name__)
 
 SETTINGS_ATTR = "rejection_align"  # attribute of LLaMA-Factory's DataArguments that carries RejectionSettings
 STATS_COLUMN = "_rejection_align_stats"  # per-row counters, summed and removed again by the loader patch
+POSITIONS_COLUMN = "_rejection_align_positions"  # per-row positions the method changed, for the printed example
+OUR_COLUMNS = (STATS_COLUMN, POSITIONS_COLUMN)
 STATS_FIELDS = ("examples", "rejection_examples", "turns", "rejection_turns", "closed_turns", "truncated_turns",
-                "tokens_changed")  # fmt: skip
+                "tokens_changed", "merged_turns")  # fmt: skip
+OUTPUT_VERSION = 2  # bump when the columns or the treated positions change
 _SENTINEL = "\u0000rejection-align\u0000"
 _NO_TURNS: frozenset[int] = frozenset()
 
@@ -61,14 +66,16 @@ class _RecordedEncoder:
     template: "Template"
     function: Any
     last: list[tuple[list[int], list[int]]] | None = None
+    discarding_history_cot: bool = False  # the stock caller's argument (0.9.5+): history thoughts removed
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[tuple[list[int], list[int]]]:
         self.last = self.function(self.template, *args, **kwargs)
+        self.discarding_history_cot = bool(args[4] if len(args) > 4 else kwargs.get("discarding_history_cot"))
         return self.last
 
-    def take(self) -> list[tuple[list[int], list[int]]]:
+    def take(self) -> tuple[list[tuple[list[int], list[int]]], bool]:
         pairs, self.last = self.last, None
-        return pairs
+        return pairs, self.discarding_history_cot
 
 
 @dataclass
@@ -78,24 +85,39 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
     def __post_init__(self) -> None:
         self._settings = settings_of(self.data_args)
         self._batch_stats: list[list[int]] | None = None
+        self._batch_positions: list[tuple[int, list[int]]] | None = None
         if self._settings is None:
             return
 
+        # part of the `datasets` cache fingerprint (the processor is hashed by value): a cache written by an older
+        # hook, with other columns or closing rules, is not reused
+        self._output_version = OUTPUT_VERSION
         # a private copy of the template: the shared one is also used for generation and must stay untouched
         self.template = copy.copy(self.template)
         self._encoder = _RecordedEncoder(self.template, type(self.template).encode_multiturn)
         self.template.encode_multiturn = self._encoder
         self._suffix_ids = [] if self.template.efficient_eos else closing_suffix_ids(self.template, self.tokenizer)
-        self._efficient_eos_id = self.tokenizer.eos_token_id if self.template.efficient_eos else None
         plugin_method = type(self.template.mm_plugin).process_token_ids
         self._plain_token_ids = plugin_method is BasePlugin.process_token_ids
 
-    def _rejection_turns(self, messages: list[dict[str, str]]) -> frozenset[int]:
+    def _trained_text(self, messages: list[dict[str, str]], index: int, discarding_history_cot: bool) -> str:
+        """The answer as the template encodes it: reasoning templates remove thought blocks first."""
+        content = messages[index]["content"]
+        template = self.template
+        if isinstance(template, ReasoningTemplate) and (
+            template.enable_thinking is False or (discarding_history_cot and index < len(messages) - 2)
+        ):
+            return template.remove_thought(content)
+
+        return content
+
+    def _rejection_turns(self, messages: list[dict[str, str]], discarding_history_cot: bool) -> frozenset[int]:
         is_rejection = self._settings.is_rejection
         turns = [
             index // 2
             for index in range(1, len(messages), 2)
-            if messages[index].get("role") == "assistant" and is_rejection(messages[index]["content"])
+            if messages[index].get("role") == "assistant"
+            and is_rejection(self._trained_text(messages, index, discarding_history_cot))
         ]
         return frozenset(turns) if turns else _NO_TURNS
 
@@ -123,16 +145,19 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         if self._settings is None:
             return input_ids, labels
 
-        pairs = self._encoder.take()
-        rejection_turns = self._rejection_turns(prompt + response)
-        stats = [1, int(bool(rejection_turns)), len(pairs), len(rejection_turns), 0, 0, 0]
+        pairs, discarding_history_cot = self._encoder.take()
+        rejection_turns = self._rejection_turns(prompt + response, discarding_history_cot)
+        stats = [1, int(bool(rejection_turns)), len(pairs), len(rejection_turns), 0, 0, 0, 0]
+        changed: list[int] = []
         if rejection_turns:
-            input_ids, labels, stats[4], stats[5], stats[6] = self._untrain_closings(
+            input_ids, labels, changed, stats[4], stats[5], stats[7] = self._untrain_closings(
                 input_ids, labels, pairs, rejection_turns, images, videos, audios
             )
+            stats[6] = len(changed)
 
         if self._batch_stats is not None:
             self._batch_stats.append(stats)
+            self._batch_positions.append((len(input_ids), changed))
 
         return input_ids, labels
 
@@ -145,8 +170,11 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         images: list["ImageInput"],
         videos: list["VideoInput"],
         audios: list["AudioInput"],
-    ) -> tuple[list[int], list[int], int, int, int]:
-        """Find the closing positions of the rejection turns in the stock output and apply the mask mode."""
+    ) -> tuple[list[int], list[int], list[int], int, int, int]:
+        """Find the closing positions of the rejection turns in the stock output and apply the mask mode.
+
+        Returns the new lists, the changed positions, and the numbers of closed, truncated and merged turns.
+        """
         efficient_eos = self.template.efficient_eos
         layout = layout_turns(
             pairs,
@@ -156,57 +184,72 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
             efficient_eos,
             self.data_args.mask_history,
         )
-        closings, truncated = closing_positions(layout, rejection_turns, len(self._suffix_ids), efficient_eos)
+        closing_lens = {turn: 0 if efficient_eos else self._closing_len(pairs[turn][1]) for turn in rejection_turns}
+        merged = sum(1 for count in closing_lens.values() if count < len(self._suffix_ids))
+        closings, truncated = closing_positions(layout, closing_lens, efficient_eos)
         self._check_layout(input_ids, labels, layout, closings, pairs)
         input_ids, labels, changed = apply_closings(input_ids, labels, closings, self._settings.mask_mode)
-        return input_ids, labels, len(closings), len(truncated), changed
+        return input_ids, labels, changed, len(closings), len(truncated), merged
+
+    def _closing_len(self, target: list[int]) -> int:
+        """Trailing tokens of an encoded answer that hold only the template's closing text (see masking)."""
+        return purely_closing_len(target, self._suffix_ids)
 
     def _check_layout(self, input_ids, labels, layout, closings, pairs) -> None:
         """Refuse to edit anything if our replay of the layout disagrees with what the stock method produced."""
         problem = None
         if len(input_ids) != layout.length or len(labels) != len(input_ids):
-            problem = f"length {len(input_ids)} (labels {len(labels)}), expected {layout.length}"
+            problem = (
+                f"the encoded example has {len(input_ids)} input ids and {len(labels)} labels, but its "
+                f"{len(pairs)} encoded turn(s) laid out with cutoff_len={self.data_args.cutoff_len} and "
+                f"mask_history={self.data_args.mask_history} give {layout.length}"
+            )
         else:
             closed_turns = {closing.turn for closing in closings}
             for segment in layout.segments:
                 if segment.turn not in closed_turns:  # only the answers we edit need to be where we think
                     continue
 
-                source, target = pairs[segment.turn]
+                target = pairs[segment.turn][1][: segment.target_len]
                 start, end = segment.target_start, segment.target_end
-                if input_ids[start:end] != target[: segment.target_len]:
-                    problem = f"turn {segment.turn} answer not found at {start}:{end}"
+                found = input_ids[start:end]
+                if found != target:
+                    problem = (
+                        f"the answer of turn {segment.turn} (0 = first) should be at input positions {start}:{end} "
+                        f"as the template encoded it, {target}, but those positions hold {found}"
+                    )
                     break
-
-            if problem is None and not self.template.efficient_eos:
-                for closing in closings:
-                    found = [input_ids[p] for p in closing.positions]
-                    if found != self._suffix_ids:
-                        problem = f"turn {closing.turn} ends with {found}, expected {self._suffix_ids}"
 
         if problem is not None:
             raise RuntimeError(
-                f"rejection-align: the encoded example does not have the layout of LLaMA-Factory 0.9.5 ({problem}); "
-                "refusing to mask. Is a different llamafactory version installed?"
+                f"rejection-align: {problem}. The hook places closing tokens by replaying the layout of "
+                f"{type(self).__mro__[1].__name__}._encode_data_example on the template's encoded turns; since the "
+                "replay and the real output disagree, nothing was changed. Something else alters that method's "
+                "output (another plugin or a modified LLaMA-Factory); please report the template and this example."
             )
 
     def preprocess_dataset(self, examples: dict[str, list[Any]]) -> dict[str, list[Any]]:
         if self._settings is None:
             return super().preprocess_dataset(examples)
 
-        self._batch_stats = []
+        self._batch_stats, self._batch_positions = [], []
         try:
             model_inputs = super().preprocess_dataset(examples)
-            stats = self._batch_stats
+            stats, positions = self._batch_stats, self._batch_positions
         finally:
-            self._batch_stats = None
+            self._batch_stats = self._batch_positions = None
 
-        model_inputs[STATS_COLUMN] = self._stats_rows(stats, len(model_inputs["input_ids"]))
+        n_rows = len(model_inputs["input_ids"])
+        model_inputs[STATS_COLUMN] = self._stats_rows(stats, n_rows)
+        model_inputs[POSITIONS_COLUMN] = self._position_rows(positions, model_inputs)
         return model_inputs
 
     def _stats_rows(self, stats: list[list[int]], n_rows: int) -> list[list[int]]:
         """One counter row per output row; a row is one example here."""
         return stats
+
+    def _position_rows(self, positions: list[tuple[int, list[int]]], model_inputs: dict) -> list[list[int]]:
+        return [changed for _, changed in positions]
 
     def print_data_example(self, example: dict[str, list[int]]) -> None:
         super().print_data_example(example)
@@ -214,15 +257,15 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
             return
 
         counts = dict(zip(STATS_FIELDS, example[STATS_COLUMN]))
-        untrained = [
-            position
-            for position, (token, label) in enumerate(zip(example["input_ids"], example["labels"]))
-            if label == IGNORE_INDEX and (token in self._suffix_ids or token == self._efficient_eos_id)
-        ]
+        changed = list(example.get(POSITIONS_COLUMN) or [])
+        if self._settings.mask_mode == "drop":
+            what = f"{counts['tokens_changed']} closing token(s) removed; their positions before removal: {changed}"
+        else:
+            what = f"{counts['tokens_changed']} label(s) changed; untrained closing-token positions: {changed}"
+        merged = f", {counts['merged_turns']} merged with the template's text" if counts["merged_turns"] else ""
         print(
             f"rejection_align ({self._settings.mask_mode}): {counts['rejection_turns']} rejection answer(s) here, "
-            f"closing token(s) of {counts['closed_turns']} untrained ({counts['tokens_changed']} label(s) changed); "
-            f"untrained closing-token positions: {untrained}"
+            f"closing token(s) of {counts['closed_turns']} untrained{merged} ({what})"
         )
 
 
@@ -239,6 +282,29 @@ class RejectionPackedSupervisedDatasetProcessor(RejectionSupervisedDatasetProces
 
         total = [sum(column) for column in zip(*stats)] if stats else [0] * len(STATS_FIELDS)
         return [total] + [[0] * len(STATS_FIELDS) for _ in range(n_rows - 1)]
+
+    def _position_rows(self, positions: list[tuple[int, list[int]]], model_inputs: dict) -> list[list[int]]:
+        """The changed positions in pack coordinates, found by replaying the stock packing order.
+
+        Only the printed example uses them: a pack whose contents do not match the replay gets no positions.
+        """
+        n_rows = len(model_inputs["input_ids"])
+        cutoff_len = self.data_args.cutoff_len
+        valid = [(length, changed) for length, changed in positions if length <= cutoff_len]
+        length2indexes: dict[int, list[int]] = {}
+        for index, (length, _) in enumerate(valid):
+            length2indexes.setdefault(length, []).append(index)
+
+        rows = []
+        for knapsack in lf_supervised.greedy_knapsack([length for length, _ in valid], cutoff_len):
+            offset, row = 0, []
+            for length in knapsack:
+                index = length2indexes[length].pop()
+                row += [offset + position for position in valid[index][1]]
+                offset += length
+            rows.append(row)
+
+        return rows if len(rows) == n_rows else [[] for _ in range(n_rows)]
 
 
 def _finish_deferred_patch() -> None:

@@ -1,0 +1,106 @@
+"""A dataset saved with ``tokenized_path`` remembers the rejection-align settings it was tokenized with.
+
+LLaMA-Factory loads a non-empty ``tokenized_path`` as it is and runs no processor, whatever the data arguments
+say now, so a dataset tokenized with the method off (or in the other mode, or with other sentences) would train
+silently while the log says the method is on. We write ``rejection_align.json`` next to the saved dataset when
+the method is on, and compare it with the current settings before LLaMA-Factory loads the directory:
+
+- no record, method off now: loaded (stock LLaMA-Factory and method-off runs save no record);
+- no record, method on now: stopped, the dataset was tokenized without the method;
+- a record, method off now, or other settings: stopped, naming both settings.
+"""
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..files import atomic_write_json
+from .processor import settings_of
+from .settings import RejectionSettings
+
+
+RECORD_NAME = "rejection_align.json"
+LOADER_MODULE = "llamafactory.data.loader"
+_MARK = "__rejection_align__"
+
+
+def effective_settings(data_args: Any, stage: str) -> RejectionSettings | None:
+    """The settings that shape the tokenized data: the method only acts on ``sft``."""
+    settings = settings_of(data_args)
+    return settings if settings is not None and stage == "sft" else None
+
+
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    record = Path(path) / RECORD_NAME
+    if not record.is_file():
+        return None
+
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        return dict(data["settings"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"{record}: unreadable rejection-align record ({err}); delete {path} to tokenize again."
+        ) from err
+
+
+def write_record(path: str | Path, settings: RejectionSettings | None) -> None:
+    """Record ``settings`` beside a freshly saved dataset; method off leaves the directory exactly as stock."""
+    record = Path(path) / RECORD_NAME
+    if settings is None:
+        record.unlink(missing_ok=True)
+        return
+
+    atomic_write_json(record, {"format": 1, "settings": settings.to_dict()})
+
+
+def _describe(settings: dict[str, Any] | None) -> str:
+    if settings is None:
+        return "method off (rejection_mask_eos false or absent)"
+
+    return ", ".join(f"{key}={value!r}" for key, value in settings.items())
+
+
+def check_saved(path: str | Path, current: RejectionSettings | None) -> None:
+    """Stop when the dataset at ``path`` was tokenized with other rejection-align settings than ``current``."""
+    saved = read_record(path)
+    wanted = current.to_dict() if current is not None else None
+    if saved == wanted:
+        return
+
+    source = "saved without rejection-align's record, so it was tokenized with the method off" if saved is None else (
+        f"tokenized with {_describe(saved)}"
+    )  # fmt: skip
+    raise ConfigError(
+        f"tokenized_path {path} holds a dataset {source}; this run asks for {_describe(wanted)}. LLaMA-Factory "
+        f"loads a non-empty tokenized_path as it is (overwrite_cache does not apply), so the data would not match "
+        f"the settings. Delete {path} (or set tokenized_path to another directory) to tokenize again, or use the "
+        "settings it was made with."
+    )
+
+
+def wrap_get_dataset(original: Any) -> Any:
+    """``get_dataset`` that checks a saved dataset's record before loading it and writes one after saving."""
+
+    @functools.wraps(original)
+    def get_dataset(template, model_args, data_args, training_args, stage, *args, **kwargs):
+        path = getattr(data_args, "tokenized_path", None)
+        if path is None:
+            return original(template, model_args, data_args, training_args, stage, *args, **kwargs)
+
+        has_tokenized_data = sys.modules[LOADER_MODULE].has_tokenized_data
+        current = effective_settings(data_args, stage)
+        if has_tokenized_data(path):
+            check_saved(path, current)
+            return original(template, model_args, data_args, training_args, stage, *args, **kwargs)
+
+        result = original(template, model_args, data_args, training_args, stage, *args, **kwargs)
+        if getattr(training_args, "should_save", True) and has_tokenized_data(path):
+            write_record(path, current)
+        return result
+
+    setattr(get_dataset, _MARK, True)
+    return get_dataset
