@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rejection_align.eval.benchmarks import FIGSTEP_INSTRUCTION, Item
 from rejection_align.cli import main
 from rejection_align.errors import ConfigError, DataError
-from rejection_align.eval.generate import HFGenerator, generate_to_files
+from rejection_align.eval.benchmarks import FIGSTEP_INSTRUCTION, Item
+from rejection_align.eval.generate import HFGenerator, generate_to_files, infer_arguments
 
 
 SCENARIOS = ("01-Illegal_Activitiy", "02-HateSpeech")
 MAX_NEW_TOKENS = "8"
-RECORD_KEYS = {"id", "scenario", "mode", "prompt", "image", "continuation", "model", "adapter", "benign"}
+RECORD_KEYS = {
+    "id", "scenario", "mode", "prompt", "image", "continuation", "model", "adapter", "template", "rendered_prompt",
+    "benign",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +68,8 @@ def read_jsonl(path: Path) -> list[dict]:
 def cli_generate(model: Path, data: Path, out: Path, *extra: str) -> int:
     args = ["generate", "--benchmark", "mmsafetybench", "--data", str(data), "--model", str(model)]
     args += [
+        "--template",
+        "llava",
         "--output",
         str(out),
         "--scenarios",
@@ -127,7 +132,17 @@ def test_a_figstep_folder_is_answered_with_the_fixed_instruction(tiny_llava_dir,
     data.mkdir()
     for name in ("query_ForbidQI_1_1_6", "query_ForbidQI_1_2_6"):
         Image.new("RGB", (40, 40), "white").save(data / f"{name}.png")
-    args = ["generate", "--benchmark", "figstep", "--data", str(data), "--model", str(tiny_llava_dir)]
+    args = [
+        "generate",
+        "--benchmark",
+        "figstep",
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_llava_dir),
+        "--template",
+        "llava",
+    ]
     assert main([*args, "--output", str(tmp_path / "out"), "--max-new-tokens", MAX_NEW_TOKENS, "--no-progress"]) == 0
     records = read_jsonl(tmp_path / "out" / "figstep.jsonl")
     assert [r["id"] for r in records] == ["query_ForbidQI_1_1_6", "query_ForbidQI_1_2_6"]
@@ -145,10 +160,10 @@ def test_batch_sizes_1_and_4_give_the_same_greedy_answers(tiny_llava_dir, tmp_pa
             image = str(tmp_path / f"{i}.jpg")
             Image.new("RGB", (20 + 7 * i, 30), (30 * i, 90, 160)).save(image)
         items.append(Item(str(i), "s", "m", "What is shown in the image? " + "Please answer. " * i, image, "out"))
-    generator = HFGenerator(tiny_llava_dir, device="cpu")
-    one = [generator.generate([item], max_new_tokens=8)[0] for item in items]
+    generator = HFGenerator(infer_arguments(model=tiny_llava_dir, template="llava"), device="cpu")
+    one = [generator.generate([item], max_new_tokens=8)[0].text for item in items]
     four = generator.generate(items[:4], max_new_tokens=8) + generator.generate(items[4:], max_new_tokens=8)
-    assert one == four
+    assert one == [answer.text for answer in four]
 
 
 # --- resume ---------------------------------------------------------------------------------------------------
@@ -246,7 +261,7 @@ def test_an_adapter_whose_shapes_do_not_fit_the_base_model_is_refused(tiny_llava
     # same folder name as the adapter's base (so the name check passes), but a hidden size of 32, not 64
     other = build_tiny_llava(tmp_path / "elsewhere" / tiny_llava_dir.name, hidden_size=32)
     with pytest.raises(ConfigError, match="does not fit the base model.*size mismatch"):
-        HFGenerator(other, adapter=adapter, device="cpu")
+        HFGenerator(infer_arguments(model=other, adapter=adapter, template="llava"), device="cpu")
 
 
 # --- errors before any model loads ----------------------------------------------------------------------------

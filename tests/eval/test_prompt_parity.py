@@ -46,7 +46,10 @@ def _mm_processor(template_name: str, tokenizer):
             image_grid_pinpoints=[[28, 28], [28, 56], [56, 28]],
         )
         return LlavaNextProcessor(
-            image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default"
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=14,
+            vision_feature_select_strategy="default",
         )
     image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     return LlavaProcessor(
@@ -68,7 +71,9 @@ def _setup(template_name: str):
 def _stock_prompt_ids(template, tokenizer, processor, data_args, item: Item) -> list[int]:
     from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
 
-    stock = SupervisedDatasetProcessor(template=template, tokenizer=tokenizer, processor=processor, data_args=data_args)
+    stock = SupervisedDatasetProcessor(
+        template=template, tokenizer=tokenizer, processor=processor, data_args=data_args
+    )
     content = ("<image>\n" if item.image else "") + item.prompt
     input_ids, labels = stock._encode_data_example(
         prompt=[{"role": "user", "content": content}],

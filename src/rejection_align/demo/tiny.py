@@ -310,7 +310,9 @@ def build_qwen2_vl_processor(
     return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor)
 
 
-def build_tiny_qwen2_vl(out_dir: str | os.PathLike, *, seed: int = 0, hidden_size: int = 64, vocab_size: int = 512) -> Path:
+def build_tiny_qwen2_vl(
+    out_dir: str | os.PathLike, *, seed: int = 0, hidden_size: int = 64, vocab_size: int = 512
+) -> Path:
     """Write a tiny random ``Qwen2VLForConditionalGeneration`` with its tokenizer and real processor to ``out_dir``.
 
     The tokenizer is trained on the spot (``<|im_start|>``, ``<|im_end|>``, ``<|vision_start|>``, ... are
@@ -367,7 +369,10 @@ def build_tiny_qwen2_vl(out_dir: str | os.PathLike, *, seed: int = 0, hidden_siz
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
-        **{key: text_config[key] for key in ("vocab_size", "hidden_size", "bos_token_id", "eos_token_id", "pad_token_id")},
+        **{
+            key: text_config[key]
+            for key in ("vocab_size", "hidden_size", "bos_token_id", "eos_token_id", "pad_token_id")
+        },
     )
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
