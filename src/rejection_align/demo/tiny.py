@@ -295,8 +295,8 @@ QWEN_SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
-QWEN_IMAGE_MIN_PIXELS = 28 * 28
-QWEN_IMAGE_MAX_PIXELS = 56 * 56  # at most 4 x 4 patches of 14 px, merged 2 x 2: 1 to 4 image tokens
+QWEN_IMAGE_MIN_PIXELS = 56 * 56
+QWEN_IMAGE_MAX_PIXELS = 112 * 112  # 4 x 4 to 8 x 8 patches of 14 px, merged 2 x 2: 4 to 16 image tokens
 
 
 def build_qwen2_vl_processor(
@@ -320,7 +320,11 @@ def build_tiny_qwen2_vl(
     ``QWEN_IMAGE_MIN_PIXELS`` and ``QWEN_IMAGE_MAX_PIXELS``. A second call with the same arguments returns at once.
     """
     out_dir = Path(out_dir)
-    params = {**_build_params(seed, 0, 14, hidden_size, vocab_size), "family": "qwen2_vl"}
+    params = {
+        **_build_params(seed, 0, 14, hidden_size, vocab_size),
+        "family": "qwen2_vl",
+        "pixels": [QWEN_IMAGE_MIN_PIXELS, QWEN_IMAGE_MAX_PIXELS],
+    }
     if _is_built(out_dir, params):
         logger.info("tiny Qwen2-VL already built in %s", out_dir)
         return out_dir
@@ -391,7 +395,7 @@ def build_tiny_qwen2_vl(
     processor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": "1 to 4 (by image size)"}
+    stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": "4 to 16 (by image size)"}
     (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
     logger.info("built tiny Qwen2-VL (%d parameters) in %s", n_params, out_dir)
     return out_dir
