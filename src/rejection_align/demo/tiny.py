@@ -274,9 +274,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="output directory (reused when it already holds the same build)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     parser.add_argument("--image-size", type=int, default=28, help="image side in pixels (default: 28)")
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="llava",
+        help="llava (template llava, the default) or qwen2_vl (template qwen2_vl; --image-size does not apply)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "family", "llava") == "qwen2_vl":
+        return run_qwen2_vl(args)
     out = build_tiny_llava(args.dir, seed=args.seed, image_size=args.image_size)
     stamp = json.loads((out / STAMP_NAME).read_text(encoding="utf-8"))
     print(f"tiny LLaVA in {out} ({stamp['n_parameters']:,} parameters, {stamp['n_image_tokens']} image tokens)")
@@ -286,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # tiny Qwen2-VL (template ``qwen2_vl``: ChatML turns closed by ``<|im_end|>`` + ``\n``, real image-token expansion)
 
+FAMILIES = ("llava", "qwen2_vl")
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -399,3 +408,10 @@ def build_tiny_qwen2_vl(
     (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
     logger.info("built tiny Qwen2-VL (%d parameters) in %s", n_params, out_dir)
     return out_dir
+
+
+def run_qwen2_vl(args: argparse.Namespace) -> int:
+    out = build_tiny_qwen2_vl(args.dir, seed=args.seed)
+    stamp = json.loads((out / STAMP_NAME).read_text(encoding="utf-8"))
+    print(f"tiny Qwen2-VL in {out} ({stamp['n_parameters']:,} parameters, {stamp['n_image_tokens']} image tokens)")
+    return 0
