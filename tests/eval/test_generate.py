@@ -421,3 +421,9 @@ def test_an_adapter_config_that_is_not_an_object_exits_2_with_a_message(tiny_lla
     args = ["--model", str(tiny_llava_dir), "--template", "llava", "--adapter", str(bad)]
     assert cli_generic(generic_prompts(tmp_path), tmp_path / "out", *args) == 2
     assert "adapter_config.json: expected a JSON object" in capsys.readouterr().err
+
+
+def test_a_missing_adapter_folder_is_a_clear_error_before_loading(tiny_llava_dir, tmp_path, capsys):
+    args = ["--model", str(tiny_llava_dir), "--template", "llava", "--adapter", str(tmp_path / "saves" / "lora")]
+    assert cli_generic(generic_prompts(tmp_path), tmp_path / "out", *args) == 2
+    assert "adapter folder" in capsys.readouterr().err

@@ -152,10 +152,18 @@ def parse_infer_args(args: Mapping[str, Any]) -> tuple[Any, Any, Any, Any]:
         raise ConfigError(f"LLaMA-Factory rejects the inference arguments: {err}") from None
 
 
+def _looks_local(path: str) -> bool:
+    """A path rather than a hub id (``org/name``): absolute, relative with a dot, or more than two components."""
+    return os.path.isabs(path) or path.startswith(".") or path.count("/") > 1
+
+
 def _check_adapters(args: Mapping[str, Any], *, force: bool) -> None:
     for adapter in adapter_paths(args):
-        if os.path.isdir(adapter):  # a hub id is checked by LLaMA-Factory when it loads
+        if os.path.isdir(adapter):
             check_adapter_base(adapter, str(args["model_name_or_path"]), force=force)
+        elif _looks_local(adapter):
+            raise ConfigError(f"adapter folder {adapter} not found (train it first, or pass --adapter DIR)")
+        # else a hub id: LLaMA-Factory fetches and checks it when it loads
 
 
 def _load_tokenizer_and_template(model_args: Any, data_args: Any) -> tuple[Any, Any, Any]:
