@@ -157,3 +157,12 @@ def test_batch_sizes_1_and_4_give_the_same_greedy_answers_on_qwen2_vl(tiny_qwen2
     one = [generator.generate([item], max_new_tokens=6)[0].text for item in items]
     four = generator.generate(items[:4], max_new_tokens=6) + generator.generate(items[4:], max_new_tokens=6)
     assert one == [answer.text for answer in four]
+
+
+def test_tiny_model_family_qwen2_vl_builds_a_qwen2_vl_checkpoint_offline(tmp_path, capsys):
+    from transformers import AutoConfig, AutoProcessor
+
+    assert main(["tiny-model", str(tmp_path / "q"), "--family", "qwen2_vl"]) == 0
+    assert "tiny Qwen2-VL in" in capsys.readouterr().out
+    assert AutoConfig.from_pretrained(tmp_path / "q").model_type == "qwen2_vl"
+    assert type(AutoProcessor.from_pretrained(tmp_path / "q")).__name__ == "Qwen2VLProcessor"
