@@ -427,3 +427,17 @@ def test_a_missing_adapter_folder_is_a_clear_error_before_loading(tiny_llava_dir
     args = ["--model", str(tiny_llava_dir), "--template", "llava", "--adapter", str(tmp_path / "saves" / "lora")]
     assert cli_generic(generic_prompts(tmp_path), tmp_path / "out", *args) == 2
     assert "adapter folder" in capsys.readouterr().err
+
+
+def test_an_adapter_lacking_weights_for_modules_it_targets_is_refused(tiny_llava_dir, adapter, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    partial = tmp_path / "partial-lora"
+    partial.mkdir()
+    (partial / "adapter_config.json").write_text((adapter / "adapter_config.json").read_text())
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file(
+        {key: value for key, value in weights.items() if "v_proj" not in key}, partial / "adapter_model.safetensors"
+    )
+    with pytest.raises(ConfigError, match="does not fit the base model: Found missing adapter keys"):
+        HFGenerator(infer_arguments(model=tiny_llava_dir, adapter=partial, template="llava"), device="cpu")

@@ -183,6 +183,21 @@ def _load_tokenizer_and_template(model_args: Any, data_args: Any) -> tuple[Any, 
     return tokenizer, processor, template
 
 
+@contextlib.contextmanager
+def _missing_adapter_keys_are_errors(adapter: str | None) -> Iterator[None]:
+    """PEFT only warns when the adapter lacks weights for modules it targets; here that is a ``ConfigError``."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        text = str(warning.message)
+        if adapter is not None and text.startswith("Found missing adapter keys"):
+            raise ConfigError(f"adapter {adapter} does not fit the base model: {text[:300]}")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
 def load_image(path: str) -> Any:
     from PIL import Image, UnidentifiedImageError
 
@@ -222,14 +237,16 @@ class HFGenerator:
             model_args.device_map = {"": device}
         self.tokenizer, self.processor, self.template = _load_tokenizer_and_template(model_args, data_args)
         try:
-            with _keep_transformers_verbosity():
+            with _keep_transformers_verbosity(), _missing_adapter_keys_are_errors(self.adapter_ref):
                 self.model = load_model(self.tokenizer, model_args, finetuning_args, is_trainable=False)
-        except (RuntimeError, KeyError) as err:  # PEFT: size mismatch, missing modules
-            if self.adapter_ref is None:
+        except (RuntimeError, KeyError, ValueError) as err:  # PEFT: size mismatch, no target module found
+            if self.adapter_ref is None and not isinstance(err, ValueError):
                 raise
             first = "; ".join(line.strip() for line in str(err).splitlines()[:3] if line.strip())
+            if self.adapter_ref is None:
+                raise ConfigError(f"cannot load {self.model_ref}: {first}") from None
             raise ConfigError(f"adapter {self.adapter_ref} does not fit the base model: {first}") from None
-        except (OSError, ValueError) as err:
+        except OSError as err:
             raise ConfigError(f"cannot load {self.model_ref}: {err}") from None
         self.encoder = PromptEncoder(self.template, self.tokenizer, self.processor, system=system)
         self.device = str(self.model.device)
