@@ -1,11 +1,15 @@
-"""Generation throughput (examples/s) of ``rejection-align generate`` at several batch sizes.
+"""Generation throughput (examples/s) of ``rejection-align generate`` (transformers backend) at several batch sizes.
 
-Default: the tiny random LLaVA on CPU, greedy, a mix of image and text-only prompts of different lengths (so
+The generator is the one ``generate`` uses: model loaded through LLaMA-Factory's loader, prompts through the
+LLaMA-Factory template (``--template``), batched with left padding. Default: the tiny random LLaVA on CPU
+(``--family qwen2_vl``: the tiny Qwen2-VL), greedy, a mix of image and text-only prompts of different lengths (so
 batches need left padding). ``--device cuda`` runs the same on a GPU; ``--model`` takes a real checkpoint.
 Prints figures and whether every batch size gave the batch-size-1 answers; asserts nothing about time.
 
-    python bench/bench_generate.py                      # tiny model, CPU, batch sizes 1 4 16
-    python bench/bench_generate.py --device cuda --n 256 --model llava-hf/llava-1.5-7b-hf --max-new-tokens 128
+    python bench/bench_generate.py                      # tiny LLaVA, CPU, batch sizes 1 4 16
+    python bench/bench_generate.py --family qwen2_vl    # tiny Qwen2-VL, template qwen2_vl
+    python bench/bench_generate.py --device cuda --n 256 --model llava-hf/llava-1.5-7b-hf --template llava \\
+        --max-new-tokens 128
 """
 
 from __future__ import annotations
@@ -40,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="model folder or hub id (default: build the tiny LLaVA in a temp dir)")
     parser.add_argument("--adapter", help="optional LoRA adapter")
+    parser.add_argument("--template", help="LLaMA-Factory template (default: llava, or qwen2_vl with --family)")
+    parser.add_argument("--family", choices=["llava", "qwen2_vl"], default="llava", help="tiny model to build")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    parser.add_argument(
+        "--dtype", default="auto", help="LLaMA-Factory infer_dtype: auto | float32 | bfloat16 | float16"
+    )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--n", type=int, default=48, help="examples per batch size (default: 48)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -52,24 +60,28 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from rejection_align.eval.generate import HFGenerator
+    from rejection_align.eval.generate import HFGenerator, infer_arguments
 
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         model = args.model
+        template = args.template or ("qwen2_vl" if args.family == "qwen2_vl" else "llava")
         if model is None:
-            from rejection_align.demo.tiny import build_tiny_llava
+            from rejection_align.demo.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
-            model = str(build_tiny_llava(tmp_path / "tiny-llava"))
+            build = build_tiny_qwen2_vl if args.family == "qwen2_vl" else build_tiny_llava
+            model = str(build(tmp_path / "tiny"))
         (tmp_path / "images").mkdir()
         items = make_items(args.n, tmp_path / "images")
-        generator = HFGenerator(model, adapter=args.adapter, device=args.device, dtype=args.dtype)
+        infer_args = infer_arguments(model=model, adapter=args.adapter, template=template, dtype=args.dtype)
+        generator = HFGenerator(infer_args, device=args.device)
         generator.generate(items[:2], max_new_tokens=args.max_new_tokens)  # warm-up (kernels, caches)
 
+        name = args.model or f"tiny {'Qwen2-VL' if args.family == 'qwen2_vl' else 'LLaVA'} (random weights)"
         print(
-            f"model: {args.model or 'tiny LLaVA (random weights)'}; device: {generator.device}; "
+            f"model: {name}; template: {template}; device: {generator.device}; "
             f"dtype: {generator.model.dtype}; torch threads: {torch.get_num_threads()}; "
             f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
         )
@@ -85,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 answers: list[str] = []
                 for k in range(0, len(items), batch_size):
-                    answers += generator.generate(items[k : k + batch_size], max_new_tokens=args.max_new_tokens)
+                    batch = items[k : k + batch_size]
+                    answers += [a.text for a in generator.generate(batch, max_new_tokens=args.max_new_tokens)]
                 if generator.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 best = min(best, time.perf_counter() - start)

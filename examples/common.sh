@@ -13,7 +13,7 @@ EVAL_DIR=${EVAL_DIR:-data/eval}
 RESULTS_DIR=${RESULTS_DIR:-results}
 
 # Every config, merge and chat YAML is named configs/{,merge/,inference/}${MODEL}_lora_${KIND}.yaml
-MODELS="llava1_5_7b llava_next_llama3_8b llava_next_mistral_7b yi_vl_6b"
+MODELS="llava1_5_7b llava_next_llama3_8b llava_next_mistral_7b yi_vl_6b qwen2_5_vl_7b"
 KINDS="rejection baseline"
 
 die() {

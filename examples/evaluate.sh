@@ -10,7 +10,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 model_and_kind "bash examples/evaluate.sh MODEL [rejection|baseline] [ADAPTER_DIR]" "$@"
 CONFIG="configs/${MODEL}_lora_${KIND}.yaml"
-BASE=$(yaml_get "$CONFIG" model_name_or_path)
+# the inference YAML gives generate the base model, the template the adapter was trained with and the image size
+INFER="configs/inference/${MODEL}_lora_${KIND}.yaml"
 ADAPTER=${3:-$(yaml_get "$CONFIG" output_dir)}
 OUT="$RESULTS_DIR/$MODEL/$(basename "$ADAPTER")"
 MMSB=${MMSB:-$EVAL_DIR/MM-SafetyBench}
@@ -20,14 +21,14 @@ need_gpus 1 "generation with a 6-8B model"
 need_file "$ADAPTER/adapter_config.json" "train it first: bash examples/train.sh $MODEL $KIND"
 need_dir "$MMSB" "clone https://github.com/isXinLiu/MM-SafetyBench and get its images (MMSB=... to point elsewhere)"
 
-rejection-align generate --benchmark mmsafetybench --data "$MMSB" --model "$BASE" --adapter "$ADAPTER" \
+rejection-align generate "$INFER" --benchmark mmsafetybench --data "$MMSB" --adapter "$ADAPTER" \
   --output "$OUT/mmsafetybench" --batch-size 8 --max-new-tokens 512
 for MODE_DIR in "$OUT"/mmsafetybench/*/; do
   rejection-align judge "$MODE_DIR" --out "$MODE_DIR/judge"
 done
 
 if [ -d "$FIGSTEP" ]; then
-  rejection-align generate --benchmark figstep --data "$FIGSTEP" --model "$BASE" --adapter "$ADAPTER" \
+  rejection-align generate "$INFER" --benchmark figstep --data "$FIGSTEP" --adapter "$ADAPTER" \
     --output "$OUT/figstep" --batch-size 8 --max-new-tokens 512
   rejection-align judge "$OUT/figstep" --out "$OUT/figstep/judge"
 else

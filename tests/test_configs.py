@@ -23,12 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 SENTENCE = "I'm sorry, but I cannot assist with your request"
 
-# DESIGN.md section 4.2: model -> (HF id, template, per-device batch, DeepSpeed JSON or None)
+# DESIGN.md section 4.2: model -> (HF id, template, per-device batch, DeepSpeed JSON or None); plus Qwen2.5-VL
+# (issue 9: not a paper run, the paper's LoRA hyperparameters on LLaMA-Factory's qwen2_vl template)
 PAPER_RUNS = {
     "llava1_5_7b": ("llava-hf/llava-1.5-7b-hf", "llava", 16, None),
     "llava_next_llama3_8b": ("llava-hf/llama3-llava-next-8b-hf", "llava_next_llama3", 4, "ds_z3_offload_config.json"),
     "llava_next_mistral_7b": ("llava-hf/llava-v1.6-mistral-7b-hf", "llava_next_mistral", 8, "ds_z3_config.json"),
     "yi_vl_6b": ("BUAADreamer/Yi-VL-6B-hf", "yi_vl", 4, "ds_z3_offload_config.json"),
+    "qwen2_5_vl_7b": ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_vl", 4, None),
 }
 SHARED = {
     "finetuning_type": "lora",
@@ -252,6 +254,18 @@ def test_inference_yaml_passes_llamafactory_infer_parser_and_points_at_the_train
     train = load(CONFIGS / path.name)
     assert model_args.adapter_name_or_path == [train["output_dir"]]
     assert data_args.template == train["template"]
+
+
+@pytest.mark.parametrize("path", INFER_YAMLS, ids=lambda p: p.name)
+def test_inference_yaml_is_accepted_by_generate_with_its_template_and_image_size(path):
+    from rejection_align.eval.backends import backend_of, infer_arguments, parse_infer_args
+
+    args = infer_arguments(path)
+    train = load(CONFIGS / path.name)
+    assert (args["template"], backend_of(args, None)) == (train["template"], "hf")
+    model_args, _, _, _ = parse_infer_args(args)
+    assert model_args.image_max_pixels == train.get("image_max_pixels", model_args.image_max_pixels)
+    assert "image_max_pixels" not in train or "image_max_pixels" in args
 
 
 @pytest.mark.parametrize("path", DS_JSONS, ids=lambda p: p.name)

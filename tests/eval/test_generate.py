@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rejection_align.eval.benchmarks import FIGSTEP_INSTRUCTION, Item
 from rejection_align.cli import main
 from rejection_align.errors import ConfigError, DataError
-from rejection_align.eval.generate import HFGenerator, generate_to_files
+from rejection_align.eval.benchmarks import FIGSTEP_INSTRUCTION, Item
+from rejection_align.eval.generate import HFGenerator, generate_to_files, infer_arguments
 
 
 SCENARIOS = ("01-Illegal_Activitiy", "02-HateSpeech")
 MAX_NEW_TOKENS = "8"
-RECORD_KEYS = {"id", "scenario", "mode", "prompt", "image", "continuation", "model", "adapter", "benign"}
+RECORD_KEYS = {
+    "id", "scenario", "mode", "prompt", "image", "continuation", "model", "adapter", "template", "rendered_prompt",
+    "benign",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +68,8 @@ def read_jsonl(path: Path) -> list[dict]:
 def cli_generate(model: Path, data: Path, out: Path, *extra: str) -> int:
     args = ["generate", "--benchmark", "mmsafetybench", "--data", str(data), "--model", str(model)]
     args += [
+        "--template",
+        "llava",
         "--output",
         str(out),
         "--scenarios",
@@ -127,7 +132,17 @@ def test_a_figstep_folder_is_answered_with_the_fixed_instruction(tiny_llava_dir,
     data.mkdir()
     for name in ("query_ForbidQI_1_1_6", "query_ForbidQI_1_2_6"):
         Image.new("RGB", (40, 40), "white").save(data / f"{name}.png")
-    args = ["generate", "--benchmark", "figstep", "--data", str(data), "--model", str(tiny_llava_dir)]
+    args = [
+        "generate",
+        "--benchmark",
+        "figstep",
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_llava_dir),
+        "--template",
+        "llava",
+    ]
     assert main([*args, "--output", str(tmp_path / "out"), "--max-new-tokens", MAX_NEW_TOKENS, "--no-progress"]) == 0
     records = read_jsonl(tmp_path / "out" / "figstep.jsonl")
     assert [r["id"] for r in records] == ["query_ForbidQI_1_1_6", "query_ForbidQI_1_2_6"]
@@ -145,10 +160,10 @@ def test_batch_sizes_1_and_4_give_the_same_greedy_answers(tiny_llava_dir, tmp_pa
             image = str(tmp_path / f"{i}.jpg")
             Image.new("RGB", (20 + 7 * i, 30), (30 * i, 90, 160)).save(image)
         items.append(Item(str(i), "s", "m", "What is shown in the image? " + "Please answer. " * i, image, "out"))
-    generator = HFGenerator(tiny_llava_dir, device="cpu")
-    one = [generator.generate([item], max_new_tokens=8)[0] for item in items]
+    generator = HFGenerator(infer_arguments(model=tiny_llava_dir, template="llava"), device="cpu")
+    one = [generator.generate([item], max_new_tokens=8)[0].text for item in items]
     four = generator.generate(items[:4], max_new_tokens=8) + generator.generate(items[4:], max_new_tokens=8)
-    assert one == four
+    assert one == [answer.text for answer in four]
 
 
 # --- resume ---------------------------------------------------------------------------------------------------
@@ -246,7 +261,7 @@ def test_an_adapter_whose_shapes_do_not_fit_the_base_model_is_refused(tiny_llava
     # same folder name as the adapter's base (so the name check passes), but a hidden size of 32, not 64
     other = build_tiny_llava(tmp_path / "elsewhere" / tiny_llava_dir.name, hidden_size=32)
     with pytest.raises(ConfigError, match="does not fit the base model.*size mismatch"):
-        HFGenerator(other, adapter=adapter, device="cpu")
+        HFGenerator(infer_arguments(model=other, adapter=adapter, template="llava"), device="cpu")
 
 
 # --- errors before any model loads ----------------------------------------------------------------------------
@@ -273,3 +288,156 @@ def test_the_evaluation_modules_import_without_torch_or_matplotlib():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# --- prompts through LLaMA-Factory's template -----------------------------------------------------------------
+
+LLAVA_HF_CHAT_TEMPLATE = (  # llava-hf/llava-1.5-7b-hf's own chat template: no system prompt
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}"
+    "{% elif item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% if message['role'] == 'user' %} {% else %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def llava_hf_style_dir(tiny_llava_dir, tmp_path_factory) -> Path:
+    """The tiny LLaVA with llava-hf's chat template (no system prompt), as the real checkpoint ships it."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("llava-hf-style") / tiny_llava_dir.name
+    shutil.copytree(tiny_llava_dir, out)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (out / name).unlink(missing_ok=True)
+    (out / "chat_template.jinja").write_text(LLAVA_HF_CHAT_TEMPLATE)
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+def generic_prompts(tmp_path: Path) -> Path:
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (30, 30), "red").save(image)
+    records = [{"id": "img", "prompt": "What is shown?", "image": "a.jpg"}, {"id": "txt", "prompt": "Say hi."}]
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def cli_generic(data: Path, out: Path, *extra: str) -> int:
+    args = ["generate", "--benchmark", "generic", "--data", str(data), "--output", str(out)]
+    return main([*args, "--max-new-tokens", "4", "--no-progress", "--device", "cpu", *extra])
+
+
+def test_records_keep_the_llava_template_prompt_with_its_system_prompt_not_the_checkpoint_chat_template(
+    llava_hf_style_dir, tmp_path
+):
+    data = generic_prompts(tmp_path)
+    assert cli_generic(data, tmp_path / "out", "--model", str(llava_hf_style_dir), "--template", "llava") == 0
+    image_record, text_record = read_jsonl(tmp_path / "out" / "prompts.jsonl")
+    assert image_record["rendered_prompt"].startswith("A chat between a curious user and an artificial intelligence")
+    assert image_record["rendered_prompt"].endswith("USER: <image>\nWhat is shown? ASSISTANT:")
+    assert text_record["rendered_prompt"].endswith("questions.USER: Say hi. ASSISTANT:")
+    assert image_record["template"] == "llava"
+
+
+def test_template_hf_chat_keeps_the_checkpoint_chat_template(llava_hf_style_dir, tmp_path):
+    data = generic_prompts(tmp_path)
+    assert cli_generic(data, tmp_path / "out", "--model", str(llava_hf_style_dir), "--template", "hf-chat") == 0
+    image_record, _ = read_jsonl(tmp_path / "out" / "prompts.jsonl")
+    assert image_record["rendered_prompt"] == "USER: <image>\nWhat is shown? ASSISTANT:"
+
+
+def test_a_system_prompt_given_on_the_command_line_replaces_the_template_default(tiny_llava_dir, tmp_path):
+    data = generic_prompts(tmp_path)
+    args = ["--model", str(tiny_llava_dir), "--template", "llava", "--system", "Be safe."]
+    assert cli_generic(data, tmp_path / "out", *args) == 0
+    assert read_jsonl(tmp_path / "out" / "prompts.jsonl")[1]["rendered_prompt"] == "Be safe.USER: Say hi. ASSISTANT:"
+
+
+def test_without_a_template_generate_stops_before_loading_anything(tiny_llava_dir, tmp_path, capsys):
+    data = generic_prompts(tmp_path)
+    assert cli_generic(data, tmp_path / "out", "--model", str(tiny_llava_dir)) == 2
+    assert "no template: pass --template NAME" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_template_is_a_clear_error(tiny_llava_dir, tmp_path, capsys):
+    data = generic_prompts(tmp_path)
+    assert cli_generic(data, tmp_path / "out", "--model", str(tiny_llava_dir), "--template", "no_such") == 2
+    assert "no_such" in capsys.readouterr().err
+
+
+def test_an_inference_yaml_replaces_model_adapter_and_template_flags(tiny_llava_dir, adapter, tmp_path):
+    import yaml
+
+    config = tmp_path / "infer.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(tiny_llava_dir),
+                "adapter_name_or_path": str(adapter),
+                "template": "llava",
+                "infer_backend": "huggingface",
+                "infer_dtype": "float32",
+                "trust_remote_code": True,
+            }
+        )
+    )
+    data = generic_prompts(tmp_path)
+    assert cli_generic(data, tmp_path / "yaml", str(config)) == 0
+    args = ["--model", str(tiny_llava_dir), "--adapter", str(adapter), "--template", "llava"]
+    assert cli_generic(data, tmp_path / "flags", *args) == 0
+    from_yaml = read_jsonl(tmp_path / "yaml" / "prompts.jsonl")
+    from_flags = read_jsonl(tmp_path / "flags" / "prompts.jsonl")
+    assert [(r["adapter"], r["continuation"]) for r in from_yaml] == [
+        (r["adapter"], r["continuation"]) for r in from_flags
+    ]
+
+
+def test_an_unknown_key_in_the_inference_yaml_is_a_clear_error(tiny_llava_dir, tmp_path, capsys):
+    config = tmp_path / "infer.yaml"
+    config.write_text(f"model_name_or_path: {tiny_llava_dir}\ntemplate: llava\nno_such_key: 1\n")
+    assert cli_generic(generic_prompts(tmp_path), tmp_path / "out", str(config)) == 2
+    assert "no_such_key" in capsys.readouterr().err
+
+
+def test_resuming_with_another_template_is_refused(tmp_path):
+    first = FakeGenerator()
+    first.template_ref = "llava"
+    generate_to_files(fake_items(2), tmp_path, first, progress=False)
+    second = FakeGenerator()
+    second.template_ref = "vicuna"
+    with pytest.raises(ConfigError, match="prompted with template 'llava', not 'vicuna'"):
+        generate_to_files(fake_items(3), tmp_path, second, progress=False)
+
+
+def test_an_adapter_config_that_is_not_an_object_exits_2_with_a_message(tiny_llava_dir, tmp_path, capsys):
+    bad = tmp_path / "bad-lora"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text("[1, 2]")
+    args = ["--model", str(tiny_llava_dir), "--template", "llava", "--adapter", str(bad)]
+    assert cli_generic(generic_prompts(tmp_path), tmp_path / "out", *args) == 2
+    assert "adapter_config.json: expected a JSON object" in capsys.readouterr().err
+
+
+def test_a_missing_adapter_folder_is_a_clear_error_before_loading(tiny_llava_dir, tmp_path, capsys):
+    args = ["--model", str(tiny_llava_dir), "--template", "llava", "--adapter", str(tmp_path / "saves" / "lora")]
+    assert cli_generic(generic_prompts(tmp_path), tmp_path / "out", *args) == 2
+    assert "adapter folder" in capsys.readouterr().err
+
+
+def test_an_adapter_lacking_weights_for_modules_it_targets_is_refused(tiny_llava_dir, adapter, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    partial = tmp_path / "partial-lora"
+    partial.mkdir()
+    (partial / "adapter_config.json").write_text((adapter / "adapter_config.json").read_text())
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file(
+        {key: value for key, value in weights.items() if "v_proj" not in key}, partial / "adapter_model.safetensors"
+    )
+    with pytest.raises(ConfigError, match="does not fit the base model: Found missing adapter keys"):
+        HFGenerator(infer_arguments(model=tiny_llava_dir, adapter=partial, template="llava"), device="cpu")

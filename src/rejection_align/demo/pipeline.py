@@ -316,6 +316,7 @@ def _judge(out: Path, model_dir: Path, adapter_dir: Path, data: Path, max_new_to
                 "--benchmark", "generic",
                 "--data", str(data / prompts),
                 "--model", str(model_dir),
+                "--template", "llava",
                 "--output", str(gen_dir / label),
                 "--max-new-tokens", str(max_new_tokens),
                 "--device", "cpu",

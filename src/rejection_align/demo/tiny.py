@@ -274,10 +274,144 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="output directory (reused when it already holds the same build)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     parser.add_argument("--image-size", type=int, default=28, help="image side in pixels (default: 28)")
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="llava",
+        help="llava (template llava, the default) or qwen2_vl (template qwen2_vl; --image-size does not apply)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "family", "llava") == "qwen2_vl":
+        return run_qwen2_vl(args)
     out = build_tiny_llava(args.dir, seed=args.seed, image_size=args.image_size)
     stamp = json.loads((out / STAMP_NAME).read_text(encoding="utf-8"))
     print(f"tiny LLaVA in {out} ({stamp['n_parameters']:,} parameters, {stamp['n_image_tokens']} image tokens)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tiny Qwen2-VL (template ``qwen2_vl``: ChatML turns closed by ``<|im_end|>`` + ``\n``, real image-token expansion)
+
+FAMILIES = ("llava", "qwen2_vl")
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+QWEN_IMAGE_MIN_PIXELS = 56 * 56
+QWEN_IMAGE_MAX_PIXELS = 112 * 112  # 4 x 4 to 8 x 8 patches of 14 px, merged 2 x 2: 4 to 16 image tokens
+
+
+def build_qwen2_vl_processor(
+    tokenizer: Any, *, min_pixels: int = QWEN_IMAGE_MIN_PIXELS, max_pixels: int = QWEN_IMAGE_MAX_PIXELS
+) -> Any:
+    """Qwen2-VL's real processor (image resizing to 28-px multiples, patching, merging) around ``tokenizer``."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor)
+
+
+def build_tiny_qwen2_vl(
+    out_dir: str | os.PathLike, *, seed: int = 0, hidden_size: int = 64, vocab_size: int = 512
+) -> Path:
+    """Write a tiny random ``Qwen2VLForConditionalGeneration`` with its tokenizer and real processor to ``out_dir``.
+
+    The tokenizer is trained on the spot (``<|im_start|>``, ``<|im_end|>``, ``<|vision_start|>``, ... are
+    special tokens; ``<|endoftext|>`` pads); images are resized by ``Qwen2VLImageProcessor`` between
+    ``QWEN_IMAGE_MIN_PIXELS`` and ``QWEN_IMAGE_MAX_PIXELS``. A second call with the same arguments returns at once.
+    """
+    out_dir = Path(out_dir)
+    params = {
+        **_build_params(seed, 0, 14, hidden_size, vocab_size),
+        "family": "qwen2_vl",
+        "pixels": [QWEN_IMAGE_MIN_PIXELS, QWEN_IMAGE_MAX_PIXELS],
+    }
+    if _is_built(out_dir, params):
+        logger.info("tiny Qwen2-VL already built in %s", out_dir)
+        return out_dir
+
+    import torch
+    from transformers import GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tokenizer = build_tiny_tokenizer(QWEN_SPECIAL_TOKENS, vocab_size=vocab_size)
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = None
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
+    n_heads = 4
+    head_dim = hidden_size // n_heads
+    third = head_dim // 2 // 3
+    mrope_section = [head_dim // 2 - 2 * third, third, third]  # sums to head_dim / 2
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": 2,
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
+        "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": mrope_section},
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    vision_config = {
+        "depth": 1,
+        "embed_dim": 32,
+        "hidden_size": hidden_size,
+        "num_heads": 2,
+        "mlp_ratio": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    config = Qwen2VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+        **{
+            key: text_config[key]
+            for key in ("vocab_size", "hidden_size", "bos_token_id", "eos_token_id", "pad_token_id")
+        },
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=False,
+        max_new_tokens=32,
+    )
+    processor = build_qwen2_vl_processor(tokenizer)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / STAMP_NAME).unlink(missing_ok=True)  # a half-written build must not look finished
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": "4 to 16 (by image size)"}
+    (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+    logger.info("built tiny Qwen2-VL (%d parameters) in %s", n_params, out_dir)
+    return out_dir
+
+
+def run_qwen2_vl(args: argparse.Namespace) -> int:
+    out = build_tiny_qwen2_vl(args.dir, seed=args.seed)
+    stamp = json.loads((out / STAMP_NAME).read_text(encoding="utf-8"))
+    print(f"tiny Qwen2-VL in {out} ({stamp['n_parameters']:,} parameters, {stamp['n_image_tokens']} image tokens)")
     return 0

@@ -1,19 +1,22 @@
 """Generate answers on a safety benchmark with a base model and an optional LoRA adapter, resumable.
 
+Prompts go through LLaMA-Factory's own template and mm_plugin (``--template NAME``, or the ``template`` of an
+inference YAML), so a fine-tuned model is asked in the layout it was trained on: the template's system prompt,
+``<image>\n`` + prompt for an item with an image, image tokens expanded as in training (``eval/prompts.py``).
+Models, adapters, dtype and quantization load through LLaMA-Factory's loader, as ``llamafactory-cli chat`` does
+(``eval/backends.py``): any model LLaMA-Factory fine-tunes can be evaluated. ``--template hf-chat`` keeps the
+checkpoint's own chat template (the old behaviour, for comparisons only).
+
 Answers are appended to JSONL files under ``--output`` as each batch finishes (MM-SafetyBench:
 ``<mode>/<scenario>.jsonl``, one per scenario, ready for ``rejection-align judge <output>/<mode>``; FigStep:
-``figstep.jsonl``; a generic file: ``<stem>.jsonl``). Running the same command again skips the answers already
-there, so a killed run resumes where it stopped. Greedy decoding by default.
-
-Models: LLaVA-1.5, LLaVA-NeXT (Llama-3, Mistral) and Yi-VL in their ``-hf`` form, through transformers' own
-classes and the processor's chat template; the answer is decoded from the generated tokens only (no splitting
-of the decoded prompt on template markers). ``--backend vllm`` uses vLLM where it is installed.
+``figstep.jsonl``; a generic file: ``<stem>.jsonl``). Every record keeps ``rendered_prompt``, the prompt text the
+model was given. Running the same command again skips the answers already there, so a killed run resumes where
+it stopped. Greedy decoding by default.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -22,8 +25,23 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any
 
+from ..errors import ConfigError, DataError
+from ..files import atomic_write_text, file_lock
+from .adapters import check_adapter_base, load_adapter, read_adapter_config, same_ref
+from .backends import (
+    BACKENDS,
+    DTYPES,
+    Answer,
+    Generator,
+    HFChatGenerator,
+    HFGenerator,
+    VLLMGenerator,
+    backend_of,
+    build_generator,
+    infer_arguments,
+)
 from .benchmarks import (
     BENCHMARKS,
     DEFAULT_MMSAFETYBENCH_MODES,
@@ -35,12 +53,7 @@ from .benchmarks import (
     Item,
     load_benchmark,
 )
-from ..errors import ConfigError, DataError
-from ..files import atomic_write_text, file_lock
-
-
-if TYPE_CHECKING:
-    import torch
+from .prompts import HF_CHAT
 
 
 logger = logging.getLogger(__name__)
@@ -48,323 +61,41 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_BATCH_SIZE = 8
 LOCK_NAME = ".generate"
-SUPPORTED_MODEL_TYPES = ("llava", "llava_next")  # Yi-VL-6B-hf is a "llava" checkpoint
 
-
-class Generator(Protocol):
-    """A loaded model that answers a batch of items; ``HFGenerator`` and ``VLLMGenerator`` implement it."""
-
-    model_ref: str
-    adapter_ref: str | None
-
-    def generate(self, items: Sequence[Item], *, max_new_tokens: int, temperature: float = 0.0) -> list[str]: ...
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# adapters
-
-
-def read_adapter_config(adapter: str | os.PathLike) -> dict[str, Any]:
-    path = Path(adapter) / "adapter_config.json"
-    if not path.is_file():
-        raise ConfigError(f"{adapter}: not a PEFT adapter (no adapter_config.json)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err})") from None
-
-
-def _same_model_name(a: str, b: str) -> bool:
-    """Same model under two spellings: equal paths, or equal last components (hub id vs. a local copy of it)."""
-    return _same_ref(a, b) or Path(a.rstrip("/")).name.lower() == Path(b.rstrip("/")).name.lower()
-
-
-def check_adapter_base(adapter: str | os.PathLike, model: str | os.PathLike, *, force: bool = False) -> None:
-    """Fail early when the adapter says it was trained on another model (checked before any weights load).
-
-    Only the names are compared here (``base_model_name_or_path`` against ``model``, by last path component, so
-    ``llava-hf/llava-1.5-7b-hf`` matches ``/models/llava-1.5-7b-hf``); ``force`` accepts a renamed copy. Shapes
-    and module names are checked when the adapter is loaded (``load_adapter``), and that check cannot be forced.
-    """
-    base = read_adapter_config(adapter).get("base_model_name_or_path")
-    if not base or _same_model_name(str(base), str(model)):
-        return
-    message = (
-        f"adapter {adapter} was trained on {base!r}, but the base model given is {str(model)!r}; "
-        "pass the matching base model (or --force-adapter if this is a renamed copy of it)"
-    )
-    if not force:
-        raise ConfigError(message)
-    logger.warning("%s (going on: --force-adapter)", message)
-
-
-def _adapter_tensor_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
-    file = adapter / "adapter_model.safetensors"
-    if file.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(file), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    file = adapter / "adapter_model.bin"
-    if file.is_file():
-        import torch
-
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        return {key: tuple(value.shape) for key, value in state.items()}
-    raise ConfigError(f"{adapter}: no adapter_model.safetensors or adapter_model.bin")
-
-
-def load_adapter(model: Any, adapter: str | os.PathLike, *, merge: bool = True) -> Any:
-    """Apply a LoRA adapter with PEFT, turning "does not fit this model" into a ``ConfigError`` that says why.
-
-    PEFT raises on shape mismatches but only warns about adapter weights it found no module for; both mean the
-    adapter belongs to another model, so both are errors here. The adapter is merged into the weights by default
-    (plain matmuls at generation time: faster, same answers up to rounding).
-    """
-    from peft import PeftModel, get_peft_model_state_dict
-
-    adapter = Path(adapter)
-    shapes = _adapter_tensor_shapes(adapter)
-    try:
-        with _quiet_loggers("peft"):
-            peft_model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-    except (RuntimeError, ValueError, KeyError) as err:
-        first = "; ".join(line.strip() for line in str(err).splitlines()[:3] if line.strip())
-        raise ConfigError(f"adapter {adapter} does not fit the base model: {first}") from None
-    loaded = get_peft_model_state_dict(peft_model)
-    unmatched = sorted(set(shapes) - set(loaded))
-    if unmatched:
-        raise ConfigError(
-            f"adapter {adapter} does not fit the base model: {len(unmatched)} of its {len(shapes)} weights have "
-            f"no module in the model, e.g. {unmatched[0]}"
-        )
-    return peft_model.merge_and_unload() if merge else peft_model
-
-
-@contextlib.contextmanager
-def _quiet_loggers(*names: str) -> Iterator[None]:
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# prompts and images
-
-
-def build_messages(item: Item) -> list[dict[str, Any]]:
-    """One user turn in transformers' multi-modal message format, the image first (as LLaVA was trained)."""
-    content: list[dict[str, Any]] = [{"type": "image"}] if item.image else []
-    content.append({"type": "text", "text": item.prompt})
-    return [{"role": "user", "content": content}]
-
-
-def render_prompt(processor: Any, item: Item) -> str:
-    """The model's own chat template applied to the item, ending with the assistant's turn opener."""
-    if getattr(processor, "chat_template", None):
-        return processor.apply_chat_template(build_messages(item), add_generation_prompt=True, tokenize=False)
-    tokenizer = getattr(processor, "tokenizer", processor)
-    if getattr(tokenizer, "chat_template", None):
-        text = ("<image>\n" if item.image else "") + item.prompt
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-        )
-    raise ConfigError("the model's processor has no chat template; generate needs one to format prompts")
-
-
-def load_image(path: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"{path}: cannot read the image ({err})") from None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# transformers backend
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """``auto``: bfloat16 on a GPU, float32 elsewhere (CPU half precision is slow and breaks batch equality)."""
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise ConfigError(f"unknown dtype {dtype!r}; expected auto, float32, bfloat16 or float16") from None
-
-
-class HFGenerator:
-    """A transformers model (+ PEFT adapter) and its processor, set up for batched left-padded generation."""
-
-    def __init__(
-        self,
-        model: str | os.PathLike,
-        *,
-        adapter: str | os.PathLike | None = None,
-        device: str | None = None,
-        dtype: str = "auto",
-        force_adapter: bool = False,
-        merge_adapter: bool = True,
-    ) -> None:
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
-        self.model_ref = str(model)
-        self.adapter_ref = None if adapter is None else str(adapter)
-        if adapter is not None:
-            check_adapter_base(adapter, model, force=force_adapter)
-        self.device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, self.device)
-
-        try:
-            config = AutoConfig.from_pretrained(model)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot load a model config from {model}: {err}") from None
-        if config.model_type not in SUPPORTED_MODEL_TYPES:
-            logger.warning(
-                "model type %r is not one of the tested %s; trying AutoModelForImageTextToText",
-                config.model_type,
-                SUPPORTED_MODEL_TYPES,
-            )
-        try:
-            self.processor = AutoProcessor.from_pretrained(model)
-            self.model = AutoModelForImageTextToText.from_pretrained(model, dtype=torch_dtype)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot load {model} as an image-text-to-text model: {err}") from None
-
-        if adapter is not None:
-            self.model = load_adapter(self.model, adapter, merge=merge_adapter)
-        self.model.to(self.device).eval()
-
-        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        # Left padding: every row's last prompt token sits at the same position, so generated tokens line up
-        # and the attention mask (with position ids derived from it) makes padded rows match unpadded ones.
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-
-    def generate(self, items: Sequence[Item], *, max_new_tokens: int, temperature: float = 0.0) -> list[str]:
-        """Answers for ``items``, in order. Items with and without images may share a batch."""
-        import torch
-
-        if not items:
-            return []
-        texts = [render_prompt(self.processor, item) for item in items]
-        images = [load_image(item.image) for item in items if item.image]
-        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-        inputs = inputs.to(self.device)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        sampling: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature}
-        with torch.inference_mode():
-            output = self.model.generate(
-                **inputs,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-                **sampling,
-            )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# vLLM backend
-
-
-def vllm_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("vllm") is not None
-
-
-class VLLMGenerator:
-    """vLLM engine with the same prompts as ``HFGenerator`` (the HF processor's chat template); LoRA via ``LoRARequest``."""
-
-    def __init__(
-        self,
-        model: str | os.PathLike,
-        *,
-        adapter: str | os.PathLike | None = None,
-        dtype: str = "auto",
-        force_adapter: bool = False,
-        max_model_len: int | None = None,
-    ) -> None:
-        if not vllm_available():
-            raise ConfigError("--backend vllm needs vLLM: pip install 'rejection-align[vllm]'")
-        from transformers import AutoProcessor
-        from vllm import LLM
-
-        self.model_ref = str(model)
-        self.adapter_ref = None if adapter is None else str(adapter)
-        self.lora_request = None
-        options: dict[str, Any] = {"limit_mm_per_prompt": {"image": 1}}
-        if adapter is not None:
-            check_adapter_base(adapter, model, force=force_adapter)
-            from vllm.lora.request import LoRARequest
-
-            rank = int(read_adapter_config(adapter).get("r", 16))
-            options.update(enable_lora=True, max_lora_rank=max(rank, 8), max_loras=1)
-            self.lora_request = LoRARequest("adapter", 1, str(adapter))
-        if max_model_len is not None:
-            options["max_model_len"] = max_model_len
-        self.processor = AutoProcessor.from_pretrained(model)
-        self.llm = LLM(model=str(model), dtype=dtype, **options)
-
-    def generate(self, items: Sequence[Item], *, max_new_tokens: int, temperature: float = 0.0) -> list[str]:
-        from vllm import SamplingParams
-
-        requests = []
-        for item in items:
-            request: dict[str, Any] = {"prompt": render_prompt(self.processor, item)}
-            if item.image:
-                request["multi_modal_data"] = {"image": load_image(item.image)}
-            requests.append(request)
-        params = SamplingParams(temperature=temperature, max_tokens=max_new_tokens)
-        outputs = self.llm.generate(requests, params, lora_request=self.lora_request, use_tqdm=False)
-        return [output.outputs[0].text.strip() for output in outputs]
+__all__ = [
+    "Answer",
+    "Generator",
+    "HFChatGenerator",
+    "HFGenerator",
+    "VLLMGenerator",
+    "build_generator",
+    "check_adapter_base",
+    "generate_to_files",
+    "infer_arguments",
+    "load_adapter",
+    "read_adapter_config",
+]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # resumable output
 
 
-def _same_ref(a: str | None, b: str | None) -> bool:
-    if a == b:
-        return True
-    if a is None or b is None:
-        return False
-    return os.path.exists(a) and os.path.exists(b) and os.path.realpath(a) == os.path.realpath(b)
-
-
-def read_done(path: Path, *, model: str, adapter: str | None) -> set[tuple[str, str, str]]:
+def read_done(
+    path: Path, *, model: str, adapter: str | None, template: str | None = None
+) -> set[tuple[str, str, str]]:
     """Keys (id, scenario, mode) already answered in ``path``; repairs a cut-off last line from a killed run.
 
     The repair rewrites the file atomically without that line. Answers from another model or adapter in the
-    same file are an error: resuming would mix two runs into one set of numbers.
+    same file are an error, as are answers made with another template (records from before templates were
+    recorded carry none and pass): resuming would mix two runs into one set of numbers.
     """
     if not path.is_file():
         return set()
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); the file is damaged") from None
     lines = text.splitlines(keepends=True)
     records: list[dict[str, Any]] = []
     good_lines: list[str] = []
@@ -375,7 +106,7 @@ def read_done(path: Path, *, model: str, adapter: str | None) -> set[tuple[str, 
             record = json.loads(line)
             if not isinstance(record, dict):
                 raise ValueError("not an object")
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: a line nested ~1,000 deep
             if i == len(lines) - 1:
                 logger.warning("%s: dropping the cut-off last line (an interrupted run)", path)
                 break
@@ -385,10 +116,15 @@ def read_done(path: Path, *, model: str, adapter: str | None) -> set[tuple[str, 
     if "".join(good_lines) != text:
         atomic_write_text(path, "".join(good_lines))
     for record in records:
-        if not _same_ref(record.get("model"), model) or not _same_ref(record.get("adapter"), adapter):
+        if not same_ref(record.get("model"), model) or not same_ref(record.get("adapter"), adapter):
             raise ConfigError(
                 f"{path} already holds answers of model {record.get('model')!r} with adapter "
                 f"{record.get('adapter')!r}, not {model!r} with {adapter!r}; use another --output or --overwrite"
+            )
+        if template is not None and record.get("template", template) != template:
+            raise ConfigError(
+                f"{path} already holds answers prompted with template {record.get('template')!r}, not "
+                f"{template!r}; use another --output or --overwrite"
             )
     return {(str(r.get("id")), str(r.get("scenario")), str(r.get("mode"))) for r in records}
 
@@ -423,7 +159,8 @@ def generate_to_files(
     """Answer ``items`` not yet in ``output_dir`` and append the records, one JSONL line each, batch by batch.
 
     The Python entry point behind ``rejection-align generate`` (demos and benchmarks call it directly). Records:
-    ``{"id", "scenario", "mode", "prompt", "image", "continuation", "model", "adapter", "benign"}``.
+    ``{"id", "scenario", "mode", "prompt", "image", "continuation", "model", "adapter", "template",
+    "rendered_prompt", "benign"}``; a generator may return plain strings (no rendered prompt: ``null``).
     A lock file keeps two runs from writing to the same ``output_dir`` at once.
     """
     from tqdm.auto import tqdm
@@ -442,7 +179,12 @@ def generate_to_files(
         for output, path in paths.items():
             if overwrite:
                 path.unlink(missing_ok=True)
-            done[output] = read_done(path, model=generator.model_ref, adapter=generator.adapter_ref)
+            done[output] = read_done(
+                path,
+                model=generator.model_ref,
+                adapter=generator.adapter_ref,
+                template=getattr(generator, "template_ref", None),
+            )
         todo, seen = [], set()
         for item in items:
             if item.key in done[item.output] or (item.output, item.key) in seen:
@@ -463,6 +205,9 @@ def generate_to_files(
                         raise RuntimeError(f"the generator returned {len(answers)} answers for {len(batch)} prompts")
                     touched = set()
                     for item, answer in zip(batch, answers, strict=True):
+                        text, rendered = (
+                            (answer, None) if isinstance(answer, str) else (answer.text, answer.rendered_prompt)
+                        )
                         if item.output not in handles:
                             paths[item.output].parent.mkdir(parents=True, exist_ok=True)
                             handles[item.output] = open(paths[item.output], "a", encoding="utf-8")
@@ -472,9 +217,11 @@ def generate_to_files(
                             "mode": item.mode,
                             "prompt": item.prompt,
                             "image": item.image,
-                            "continuation": answer,
+                            "continuation": text,
                             "model": generator.model_ref,
                             "adapter": generator.adapter_ref,
+                            "template": getattr(generator, "template_ref", None),
+                            "rendered_prompt": rendered,
                             "benign": item.benign,
                         }
                         handles[item.output].write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -519,6 +266,13 @@ def load_items(args: argparse.Namespace) -> list[Item]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "config",
+        nargs="?",
+        metavar="INFER_YAML",
+        help="an inference YAML as `llamafactory-cli chat` takes it (configs/inference/*.yaml): model_name_or_path, "
+        "adapter_name_or_path, template, infer_dtype, quantization, image_max_pixels, ...; the flags below override it",
+    )
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="which loader reads --data")
     parser.add_argument(
         "--data",
@@ -527,8 +281,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mmsafetybench: the folder with processed_questions/ and imgs/ (or the repository root, with data/); "
         "figstep: the folder of PNGs (SafeBench); generic: a JSON/JSONL file of {id, prompt, image?}",
     )
-    parser.add_argument("--model", required=True, help="base model: a local folder (or hub id) of an -hf checkpoint")
-    parser.add_argument("--adapter", metavar="DIR", help="a PEFT LoRA adapter folder trained on --model")
+    parser.add_argument("--model", help="base model: a local folder or hub id (required unless INFER_YAML names one)")
+    parser.add_argument("--adapter", metavar="DIR", help="a LoRA adapter folder trained on --model")
+    parser.add_argument(
+        "--template",
+        metavar="NAME",
+        help="the LLaMA-Factory template the model was trained with (llava, llava_next_llama3, llava_next_mistral, "
+        f"yi_vl, qwen2_vl, ...; required unless INFER_YAML names one); {HF_CHAT}: the checkpoint's own chat "
+        "template instead (not what a LLaMA-Factory-trained model saw)",
+    )
+    parser.add_argument("--system", help="system prompt (default: the template's own default system prompt)")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the JSONL answers go (resumed if there)")
     parser.add_argument(
         "--mode",
@@ -559,14 +321,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="answer length limit (default: 512)"
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) means greedy decoding")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--device", help="hf backend: put the whole model on this torch device (default: LLaMA-Factory's "
+                        "device_map=auto)")  # fmt: skip
     parser.add_argument(
         "--dtype",
-        default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
-        help="auto: bfloat16 on a GPU, float32 on CPU",
+        choices=DTYPES,
+        help="LLaMA-Factory's infer_dtype (default: the YAML's, else auto: bfloat16 where the GPU has it, else "
+        "float16 on a GPU, float32 on CPU)",
     )
-    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="hf (transformers) or vllm")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="hf (transformers, the default) or vllm (UNTESTED; default: the YAML's infer_backend)",
+    )
     parser.add_argument(
         "--force-adapter", action="store_true", help="accept an adapter whose recorded base model name differs"
     )
@@ -574,11 +341,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def build_generator(args: argparse.Namespace) -> Generator:
-    if args.backend == "vllm":
-        return VLLMGenerator(args.model, adapter=args.adapter, dtype=args.dtype, force_adapter=args.force_adapter)
-    return HFGenerator(
-        args.model, adapter=args.adapter, device=args.device, dtype=args.dtype, force_adapter=args.force_adapter
+def generator_from_args(args: argparse.Namespace) -> Generator:
+    """The generator the command line asks for: YAML (if any), then the flags, through LLaMA-Factory's loader."""
+    infer_args = infer_arguments(
+        args.config, model=args.model, adapter=args.adapter, template=args.template, dtype=args.dtype
+    )
+    return build_generator(
+        infer_args,
+        backend=backend_of(infer_args, args.backend),
+        device=args.device,
+        system=args.system,
+        force_adapter=args.force_adapter,
     )
 
 
@@ -587,8 +360,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    items = load_items(args)  # layout and images first: errors come before any model loads
-    generator = build_generator(args)  # adapter name check, then the model, then the adapter's shapes
+    # model, adapter and template named (YAML or flags) before anything heavy happens
+    infer_arguments(args.config, model=args.model, adapter=args.adapter, template=args.template, dtype=args.dtype)
+    items = load_items(args)  # layout and images next: errors come before any model loads
+    generator = generator_from_args(args)  # adapter name check, then the model, then the adapter's shapes
     report = generate_to_files(
         items,
         args.output,
