@@ -215,6 +215,18 @@ def test_a_damaged_line_in_the_middle_of_the_output_is_an_error(tmp_path):
         generate_to_files(fake_items(3), tmp_path, FakeGenerator(), progress=False)
 
 
+def test_a_line_nested_too_deeply_in_the_output_is_an_error_not_a_traceback(tmp_path):
+    (tmp_path / "run.jsonl").write_text('{"id": "0"}\n' + "[" * 5000 + "]" * 5000 + '\n{"id": "2"}\n')
+    with pytest.raises(DataError, match="line 2"):
+        generate_to_files(fake_items(3), tmp_path, FakeGenerator(), progress=False)
+
+
+def test_an_output_file_that_is_not_utf8_is_an_error_naming_it(tmp_path):
+    (tmp_path / "run.jsonl").write_bytes(b'{"id": "\xff"}\n')
+    with pytest.raises(DataError, match="run.jsonl is not UTF-8"):
+        generate_to_files(fake_items(3), tmp_path, FakeGenerator(), progress=False)
+
+
 def test_resuming_with_another_model_is_refused(tmp_path):
     generate_to_files(fake_items(2), tmp_path, FakeGenerator(model_ref="base"), progress=False)
     with pytest.raises(ConfigError, match="already holds answers of model 'base'"):
