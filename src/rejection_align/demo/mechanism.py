@@ -130,5 +130,10 @@ def format_table(probes: list[ClosingProbe], sentence: str) -> list[str]:
     ]
     for p in probes:
         note = "stops" if p.stopped else "goes on"
-        lines.append(f"{p.label:<{width}}  {p.p_sentence:>15.3f}  {p.p_close:>8.3f}  {p.continuation!r} ({note})")
+        lines.append(f"{p.label:<{width}}  {p.p_sentence:>15.3f}  {_prob(p.p_close):>8}  {p.continuation!r} ({note})")
     return lines
+
+
+def _prob(p: float) -> str:
+    """Three decimals, or two significant digits below 0.001 (so a tiny probability does not read as zero)."""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
