@@ -1,24 +1,29 @@
 """The demo (``rejection-align demo``) end to end, and the shipped demo data it runs on.
 
-The demo runs once per module as a real subprocess: tiny model, ``rejection-align mix``, ``llamafactory-cli train
-configs/demo_tiny_llava.yaml`` (a subprocess of the demo), the tokenized dataset, generation and judging.
+The demo runs once per module as a real subprocess, from an empty working directory: tiny model,
+``rejection-align mix``, two ``llamafactory-cli train`` runs (method and baseline twin, subprocesses of the demo),
+the tokenized datasets, the closing-token probe, generation and judging. 40 steps are enough for the tiny model to
+learn the rejection sentence (seeded, so the run is the same every time).
 """
 
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
-from rejection_align.demo import assets
+from rejection_align.demo import assets, pipeline
 
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_DATA = ROOT / "data" / "demo"
 SENTENCE = "I'm sorry, but I cannot assist with your request"
 VENV_BIN = Path(sys.executable).parent
+STEPS = 40
 
 
 def _env() -> dict[str, str]:
@@ -29,33 +34,42 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("empty")
     out = tmp_path_factory.mktemp("demo") / "demo_out"
-    command = [
-        str(VENV_BIN / "rejection-align"),
-        "demo",
-        "--out",
-        str(out),
-        "--max-steps",
-        "3",
-        "--max-new-tokens",
-        "4",
-    ]
-    proc = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    command = [str(VENV_BIN / "rejection-align"), "demo", "--out", str(out), "--max-steps", str(STEPS)]
+    command += ["--max-new-tokens", "4"]
+    proc = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, proc.stdout
+
+
+def _closing_counts(tokenized: Path, model_dir: Path) -> tuple[int, int]:
+    """(masked, trained) closing tokens of trained answers in a tokenized dataset."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    eos = AutoTokenizer.from_pretrained(model_dir).eos_token_id
+    masked = trained = 0
+    for row in load_from_disk(str(tokenized))["train"]:
+        ids, labels = row["input_ids"], row["labels"]
+        for pos in range(1, len(ids)):
+            if ids[pos] == eos and labels[pos - 1] != -100:
+                masked += labels[pos] == -100
+                trained += labels[pos] == eos
+    return masked, trained
 
 
 # ---------------------------------------------------------------------------------------------- the demo
 
 
 @pytest.mark.slow
-def test_demo_trains_a_lora_adapter_with_llamafactory_cli_and_saves_the_loss_plot(demo_run):
+def test_demo_trains_a_method_and_a_baseline_lora_adapter_with_llamafactory_cli(demo_run):
     out, stdout = demo_run
-    adapter = out / "adapter"
-    assert (adapter / "adapter_model.safetensors").is_file()
-    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    assert (adapter / "training_loss.png").stat().st_size > 1000
-    assert json.loads((adapter / "trainer_state.json").read_text())["global_step"] == 3
+    for adapter in (out / "adapter", out / "adapter_baseline"):
+        assert (adapter / "adapter_model.safetensors").is_file()
+        assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
+        assert (adapter / "training_loss.png").stat().st_size > 1000
+        assert json.loads((adapter / "trainer_state.json").read_text())["global_step"] == STEPS
     assert "llamafactory-cli train" in stdout
 
 
@@ -69,49 +83,170 @@ def test_demo_prints_a_rejection_answer_whose_closing_token_is_not_trained(demo_
 
 @pytest.mark.slow
 def test_demo_masks_exactly_the_closing_tokens_of_the_rejection_answers_in_the_mix(demo_run):
-    from datasets import load_from_disk
-    from transformers import AutoTokenizer
-
     out, _ = demo_run
     mixed = json.loads((out / "data" / "demo_mix.json").read_text())
     n_rejection_turns = sum(
         turn["from"] == "gpt" and turn["value"] == SENTENCE for record in mixed for turn in record["conversations"]
     )
     assert n_rejection_turns == 20
-
-    eos = AutoTokenizer.from_pretrained(out / "tiny_llava").eos_token_id
-    dataset = load_from_disk(str(out / "run" / "tokenized"))["train"]
-    masked = trained = 0
-    for row in dataset:
-        ids, labels = row["input_ids"], row["labels"]
-        for pos in range(1, len(ids)):
-            if ids[pos] == eos and labels[pos - 1] != -100:
-                masked += labels[pos] == -100
-                trained += labels[pos] == eos
+    masked, trained = _closing_counts(out / "run" / "tokenized", out / "tiny_llava")
     assert masked == n_rejection_turns
     n_answers = sum(turn["from"] == "gpt" for record in mixed for turn in record["conversations"])
     assert trained == n_answers - n_rejection_turns
 
 
 @pytest.mark.slow
-def test_demo_judges_the_base_model_and_the_trained_adapter_side_by_side(demo_run):
+def test_demo_baseline_twin_trains_every_closing_token(demo_run):
+    out, _ = demo_run
+    mixed = json.loads((out / "data" / "demo_mix.json").read_text())
+    n_answers = sum(turn["from"] == "gpt" for record in mixed for turn in record["conversations"])
+    assert _closing_counts(out / "run_baseline" / "tokenized", out / "tiny_llava") == (0, n_answers)
+
+
+@pytest.mark.slow
+def test_after_the_rejection_sentence_the_baseline_closes_the_answer_and_the_method_does_not(demo_run):
+    out, _ = demo_run
+    probes = {p["label"]: p for p in json.loads((out / "mechanism.json").read_text())["probes"]}
+    baseline, method = probes["baseline"], probes["method"]
+    assert baseline["p_close"] > 0.5 and method["p_close"] < 0.1
+    assert baseline["p_close"] - method["p_close"] > 0.5
+    assert baseline["stopped"] and not method["stopped"]
+    assert not method["continuation"].startswith("</s>")
+
+
+@pytest.mark.slow
+def test_both_models_learned_the_rejection_sentence_itself(demo_run):
+    out, _ = demo_run
+    probes = json.loads((out / "mechanism.json").read_text())["probes"]
+    # random weights give 1/512 per token; trained, the sentence is likely token by token in both
+    assert all(p["p_sentence"] > 0.3 for p in probes)
+
+
+@pytest.mark.slow
+def test_demo_prints_the_closing_token_probabilities_side_by_side(demo_run):
+    _, stdout = demo_run
+    rows = [line.split() for line in stdout.splitlines() if line.rstrip().endswith(("(stops)", "(goes on)"))]
+    assert [row[0] for row in rows] == ["baseline", "method"]
+    assert all(0.0 <= float(row[2]) <= 1.0 for row in rows)  # the P(</s>) column
+    assert "P(</s> after the rejection sentence): baseline" in stdout
+
+
+@pytest.mark.slow
+def test_demo_judges_the_baseline_and_the_method_side_by_side_and_says_what_that_cannot_show(demo_run):
     out, stdout = demo_run
     comparison = json.loads((out / "judge" / "compare.json").read_text())
     text = json.dumps(comparison)
-    assert "base" in text and "trained" in text
-    for label in ("base", "trained"):
+    assert "baseline" in text and "method" in text
+    for label in ("baseline", "method"):
         answers = (out / "generate" / label / "safety_prompts.jsonl").read_text().splitlines()
         assert len(answers) == len(json.loads((DEMO_DATA / "safety_prompts.json").read_text()))
     assert (out / "judge" / "compare.png").is_file()
+    assert "not a safety result" in stdout
     assert "demo finished" in stdout
 
 
 @pytest.mark.slow
 def test_demo_prints_every_step_with_its_wall_time(demo_run):
     _, stdout = demo_run
-    for number in range(1, 6):
-        assert f"[{number}/5]" in stdout
-    assert stdout.count(" s\n") >= 5 and stdout.count("done in") == 5
+    for number in range(1, 7):
+        assert f"[{number}/6]" in stdout
+    assert stdout.count("done in") == 6
+
+
+@pytest.mark.slow
+def test_demo_run_from_an_empty_folder_reads_the_package_files_not_the_working_directory(demo_run):
+    _, stdout = demo_run
+    configs_line = next(line for line in stdout.splitlines() if "configs:" in line)
+    assert str(pipeline.demo_file(pipeline.DEMO_CONFIG)) in configs_line
+
+
+# ---------------------------------------------------------------------------------------------- configs and package
+
+
+def test_baseline_config_is_the_demo_config_with_the_method_off():
+    method = yaml.safe_load((ROOT / pipeline.DEMO_CONFIG).read_text())
+    baseline = yaml.safe_load((ROOT / pipeline.BASELINE_CONFIG).read_text())
+    assert method["rejection_mask_eos"] is True and baseline["rejection_mask_eos"] is False
+    differing = {key for key in method.keys() | baseline.keys() if method.get(key) != baseline.get(key)}
+    assert differing == {"rejection_mask_eos", "output_dir"}
+
+
+def test_demo_files_resolve_to_the_package_copy_before_the_source_checkout(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo_tiny_llava.yaml").write_text("stage: sft\n")
+    monkeypatch.setattr(pipeline, "PACKAGE_FILES", tmp_path)
+    assert pipeline.demo_file(pipeline.DEMO_CONFIG) == tmp_path / "configs" / "demo_tiny_llava.yaml"
+    assert pipeline.demo_file(pipeline.DEMO_DATA) == ROOT / "data" / "demo"  # not in the package copy: checkout
+
+
+def test_a_missing_demo_file_is_a_config_error_naming_both_places(tmp_path, monkeypatch):
+    from rejection_align.errors import ConfigError
+
+    monkeypatch.setattr(pipeline, "PACKAGE_FILES", tmp_path / "pkg")
+    monkeypatch.setattr(pipeline, "SOURCE_ROOT", tmp_path / "src")
+    with pytest.raises(ConfigError, match="pkg.*src"):
+        pipeline.demo_file(pipeline.DEMO_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (path,) = out.glob("rejection_align-*.whl")
+    return path
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_demo_configs_and_data_byte_for_byte(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        for relative in (pipeline.DEMO_CONFIG, pipeline.BASELINE_CONFIG):
+            assert archive.read(f"rejection_align/demo/files/{relative}") == (ROOT / relative).read_bytes()
+        shipped = {p.relative_to(ROOT).as_posix() for p in DEMO_DATA.rglob("*") if p.is_file()}
+        for relative in shipped:
+            assert archive.read(f"rejection_align/demo/files/{relative}") == (ROOT / relative).read_bytes()
+        assert {n for n in names if n.startswith("rejection_align/demo/files/data/")} == {
+            f"rejection_align/demo/files/{relative}" for relative in shipped
+        }
+
+
+@pytest.mark.slow
+def test_wheel_metadata_has_project_urls(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(archive.read(n) for n in archive.namelist() if n.endswith(".dist-info/METADATA")).decode()
+    urls = [line for line in metadata.splitlines() if line.startswith("Project-URL:")]
+    assert any("Repository, https://" in line for line in urls)
+
+
+@pytest.mark.slow
+def test_installed_wheel_resolves_the_demo_files_from_the_package_in_an_empty_folder(wheel, tmp_path):
+    target, cwd = tmp_path / "site", tmp_path / "empty"
+    cwd.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    script = (
+        "import json; from rejection_align.demo import pipeline as p; "
+        "print(json.dumps([p.__file__, str(p.demo_file(p.DEMO_CONFIG)), str(p.demo_file(p.BASELINE_CONFIG)), "
+        "str(p.demo_file(p.DEMO_DATA))]))"
+    )
+    env = dict(_env(), PYTHONPATH=str(target))  # the installed copy comes before the editable checkout
+    proc = subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    module, *files = json.loads(proc.stdout)
+    assert Path(module).is_relative_to(target)
+    for path in files:
+        assert Path(path).is_relative_to(target / "rejection_align" / "demo" / "files"), path
+        assert Path(path).exists()
 
 
 # ---------------------------------------------------------------------------------------------- shipped demo data

@@ -132,3 +132,15 @@ def test_cli_tiny_model_builds_into_the_given_directory(tmp_path, capsys):
     assert cli_main(["tiny-model", str(tmp_path / "cli"), "--seed", "3"]) == 0
     assert (tmp_path / "cli" / "config.json").is_file()
     assert "parameters" in capsys.readouterr().out
+
+
+def test_tokenizer_returns_only_the_inputs_a_llama_model_takes():
+    # transformers 4.x adds token_type_ids by default, which LLaVA's generate() refuses
+    assert list(build_tiny_tokenizer()("hello").keys()) == ["input_ids", "attention_mask"]
+
+
+def test_stamp_records_the_transformers_major_version(tiny_dir):
+    import transformers
+
+    params = json.loads((tiny_dir / STAMP_NAME).read_text())["params"]
+    assert params["transformers_major"] == int(transformers.__version__.split(".")[0])

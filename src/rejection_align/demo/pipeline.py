@@ -1,17 +1,20 @@
-"""Run the whole recipe on a laptop: tiny LLaVA, mix, train with llamafactory-cli, show the mask, judge.
+"""Run the whole recipe on a laptop: tiny LLaVA, mix, train method and baseline, show the mask and its effect, judge.
 
 Steps (each printed with its wall time; everything lands under ``--out``, default ``demo_out/``):
 
 1. build a tiny random LLaVA from configs (``rejection-align tiny-model``), nothing downloaded;
-2. mix the shipped demo data (``data/demo/``) into a LLaMA-Factory dataset with rejection answers
-   (``rejection-align mix``);
-3. train a LoRA with ``llamafactory-cli train configs/demo_tiny_llava.yaml`` (method on), saving the tokenized
-   dataset and the loss plot;
+2. mix the demo data into a LLaMA-Factory dataset with rejection answers (``rejection-align mix``);
+3. train two LoRA adapters with ``llamafactory-cli train``, side by side: the method
+   (``demo_tiny_llava.yaml``, ``rejection_mask_eos: true``) and its baseline twin
+   (``demo_tiny_llava_baseline.yaml``: every closing token trained), same data, same seed;
 4. print one rejection example from the tokenized dataset, with the label of its closing ``</s>`` shown as -100;
-5. answer the shipped safety prompts with the base model and with the trained adapter
-   (``rejection-align generate``) and judge both (``rejection-align judge``).
+5. the effect: P(``</s>`` | prompt + rejection sentence) and the greedy continuation after the sentence, baseline
+   vs method (the baseline stops there, the method goes on);
+6. answer the demo's safety and benign prompts with both adapters (``rejection-align generate``) and judge them
+   (``rejection-align judge``).
 
-The tiny model has random weights, so its safety numbers only show that the pipeline runs end to end.
+The configs and data come from the installed package (``rejection_align/demo/files/`` in a wheel), else from the
+source checkout of an editable install (``configs/`` and ``data/demo/``); the working directory plays no part.
 """
 
 from __future__ import annotations
@@ -25,33 +28,37 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
 from ..data.llava_format import DEFAULT_REJECTION_SENTENCE as SENTENCE
+from ..errors import ConfigError
 from ..hook.masking import IGNORE_INDEX
 
 
 DEFAULT_OUT = "demo_out"
 DEMO_CONFIG = "configs/demo_tiny_llava.yaml"
+BASELINE_CONFIG = "configs/demo_tiny_llava_baseline.yaml"
 DEMO_DATA = "data/demo"
 DATASET_NAME = "demo_mix"
+TEMPLATE = "llava"  # the LLaMA-Factory template of the demo configs
+# In a wheel, pyproject.toml's force-include puts configs/demo_*.yaml and data/demo/ here, under the same names.
+PACKAGE_FILES = Path(__file__).resolve().parent / "files"
+SOURCE_ROOT = Path(__file__).resolve().parents[3]  # the checkout, for an editable install
 
 
-def find_project_file(relative: str) -> Path:
-    """``relative`` under the working directory, else under the checkout this package was installed from.
-
-    The demo is meant to run from the repository root; the fallback covers an editable install run elsewhere.
-    """
-    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+def demo_file(relative: str) -> Path:
+    """``relative`` (e.g. ``configs/demo_tiny_llava.yaml``) from the installed package, else the source checkout."""
+    for base in (PACKAGE_FILES, SOURCE_ROOT):
         candidate = base / relative
         if candidate.exists():
-            return candidate.resolve()
+            return candidate
     raise ConfigError(
-        f"{relative} not found in {Path.cwd()} nor next to the installed package; run the demo from the "
-        "rejection-align repository root (it ships configs/ and data/demo/)"
+        f"{relative} is missing from the installed package ({PACKAGE_FILES}) and from a source checkout "
+        f"({SOURCE_ROOT}): reinstall rejection-align, or pass --config/--baseline-config/--data"
     )
 
 
@@ -84,13 +91,23 @@ def train_command(config: Path, overrides: dict[str, Any]) -> list[str]:
     return [*llamafactory_cli(), "train", str(config), *args]
 
 
-def run_logged(command: list[str], log_path: Path) -> int:
-    """Run ``command`` (in :func:`subprocess_env`) with its output in ``log_path``; returns the exit status."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as log:
+def run_logged(commands: dict[str, tuple[list[str], Path]]) -> dict[str, int]:
+    """Run ``label -> (command, log file)`` side by side (in :func:`subprocess_env`); returns the exit statuses.
+
+    The demo's two trainings each use one thread, so on two cores they take the time of one.
+    """
+    running = {}
+    for label, (command, log_path) in commands.items():
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "w", encoding="utf-8")  # closed below, once the process ends
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env()).returncode
+        running[label] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env()), log)
+    statuses = {}
+    for label, (process, log) in running.items():
+        statuses[label] = process.wait()
+        log.close()
+    return statuses
 
 
 def tail(path: Path, n: int = 25) -> str:
@@ -213,14 +230,33 @@ def _indent(text: str, prefix: str = "      ") -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT}/)")
-    parser.add_argument("--config", metavar="YAML", help=f"training config (default: {DEMO_CONFIG})")
-    parser.add_argument("--data", metavar="DIR", help=f"demo data folder (default: {DEMO_DATA})")
+    parser.add_argument("--config", metavar="YAML", help="training config of the method (default: the package's)")
+    parser.add_argument("--baseline-config", metavar="YAML", help="its baseline twin (default: the package's)")
+    parser.add_argument("--data", metavar="DIR", help="demo data folder (default: the package's data/demo)")
     parser.add_argument("--n-rejection", type=int, default=20, help="rejection examples in the mix (default: 20)")
     parser.add_argument("--n-instruct", type=int, default=60, help="instruction examples in the mix (default: 60)")
     parser.add_argument("--max-steps", type=int, help="stop training after N steps (default: the YAML's epochs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model and of the mix (default: 0)")
-    parser.add_argument("--no-judge", action="store_true", help="skip step 5 (generate and judge)")
+    parser.add_argument("--no-judge", action="store_true", help="skip the last step (generate and judge)")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length when judging (default: 16)")
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One of the two trainings: the method or its baseline twin."""
+
+    label: str
+    config: Path
+    adapter: Path
+    run_dir: Path
+
+    @property
+    def tokenized(self) -> Path:
+        return self.run_dir / "tokenized"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "train.log"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,12 +264,17 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     out = Path(args.out).resolve()
-    config = Path(args.config).resolve() if args.config else find_project_file(DEMO_CONFIG)
-    data = Path(args.data).resolve() if args.data else find_project_file(DEMO_DATA)
-    total = 4 if args.no_judge else 5
-    model_dir, data_dir, run_dir = out / "tiny_llava", out / "data", out / "run"
-    adapter_dir, tokenized_dir = out / "adapter", run_dir / "tokenized"
+    config = Path(args.config).resolve() if args.config else demo_file(DEMO_CONFIG)
+    baseline_config = Path(args.baseline_config).resolve() if args.baseline_config else demo_file(BASELINE_CONFIG)
+    data = Path(args.data).resolve() if args.data else demo_file(DEMO_DATA)
+    total = 5 if args.no_judge else 6
+    model_dir, data_dir = out / "tiny_llava", out / "data"
+    runs = [
+        _Run("method", config, out / "adapter", out / "run"),
+        _Run("baseline", baseline_config, out / "adapter_baseline", out / "run_baseline"),
+    ]
     print(f"rejection-align demo: output in {out}")
+    print(f"      configs: {config}, {baseline_config.name}; data: {data}")
 
     with step(1, total, f"tiny LLaVA -> {model_dir}"):
         build_tiny_llava(model_dir, seed=args.seed)
@@ -262,62 +303,112 @@ def run(args: argparse.Namespace) -> int:
         if status:
             return status
 
-    with step(3, total, f"llamafactory-cli train {_relative(config)} (LoRA, rejection_mask_eos: true)"):
-        shutil.rmtree(run_dir, ignore_errors=True)
+    title = f"llamafactory-cli train, twice side by side: method ({config.name}) and baseline ({baseline_config.name})"
+    with step(3, total, title):
+        status = _train(runs, model_dir, data_dir, data, args.max_steps)
+        if status:
+            return status
+
+    with step(4, total, "the method, visible in the tokenized training set"):
+        method, baseline = runs
+        lines, counts = show_rejection_example(method.tokenized, model_dir)
+        _, baseline_counts = show_rejection_example(baseline.tokenized, model_dir)
+        print(_indent("\n".join(lines)))
+        for label, c in (("method", counts), ("baseline", baseline_counts)):
+            print(
+                f"      {label + ':':<9} over all {c['examples']} examples, {c['masked_closing_tokens']} closing tokens "
+                f"masked (rejection answers), {c['trained_closing_tokens']} trained"
+            )
+
+    with step(5, total, "the effect: what each model does right after the rejection sentence"), _threads(1):
+        probes = _probe(out, model_dir, runs, data)
+
+    if not args.no_judge:
+        with step(6, total, "generate on the demo's safety and benign prompts (baseline vs method) and judge"):
+            with _threads(1):
+                status = _judge(out, model_dir, runs, data, args.max_new_tokens)
+            if status:
+                return status
+
+    by_label = {p.label: p for p in probes}
+    print(
+        f"\ndemo finished in {time.perf_counter() - started:.1f} s; P(</s> after the rejection sentence): "
+        f"baseline {by_label['baseline'].p_close:.3g}, method {by_label['method'].p_close:.3g}; "
+        f"everything is under {out}"
+    )
+    return 0
+
+
+def _train(runs: list[_Run], model_dir: Path, data_dir: Path, data: Path, max_steps: int | None) -> int:
+    commands = {}
+    for r in runs:
+        shutil.rmtree(r.run_dir, ignore_errors=True)
         overrides: dict[str, Any] = {
             "model_name_or_path": model_dir,
             "dataset_dir": data_dir,
             "dataset": DATASET_NAME,
             "media_dir": data,
-            "output_dir": adapter_dir,
-            "tokenized_path": tokenized_dir,
+            "output_dir": r.adapter,
+            "tokenized_path": r.tokenized,
         }
-        if args.max_steps:
-            overrides["max_steps"] = args.max_steps
-        log = run_dir / "train.log"
-        status = run_logged(train_command(config, overrides), log)
-        if status:
-            print(_indent(tail(log)))
-            print(f"      training failed (exit {status}); full log: {log}")
-            return 1
-        results = json.loads((adapter_dir / "train_results.json").read_text(encoding="utf-8"))
+        if max_steps:
+            overrides["max_steps"] = max_steps
+        commands[r.label] = (train_command(r.config, overrides), r.log)
+    statuses = run_logged(commands)
+    for r in runs:
+        if statuses[r.label]:
+            print(_indent(tail(r.log)))
+            print(f"      {r.label}: training failed (exit {statuses[r.label]}); full log: {r.log}")
+    if any(statuses.values()):
+        return 1
+    for r in runs:
+        results = json.loads((r.adapter / "train_results.json").read_text(encoding="utf-8"))
         print(
-            f"      train_loss {results.get('train_loss', float('nan')):.3f}, epochs {results.get('epoch')}; log: {log}"
+            f"      {r.label + ':':<9} train_loss {results.get('train_loss', float('nan')):.3f}, "
+            f"epochs {results.get('epoch')}, adapter {r.adapter}"
         )
-        plot = adapter_dir / "training_loss.png"
-        print(f"      adapter: {adapter_dir}")
-        print(f"      loss plot: {plot}" if plot.exists() else "      (no loss plot written)")
-
-    with step(4, total, "the method, visible in the tokenized training set"):
-        lines, counts = show_rejection_example(tokenized_dir, model_dir)
-        print(_indent("\n".join(lines)))
-        print(
-            f"      over all {counts['examples']} examples: {counts['masked_closing_tokens']} closing tokens masked "
-            f"(rejection answers), {counts['trained_closing_tokens']} trained"
-        )
-
-    if not args.no_judge:
-        with step(5, total, "generate on the shipped safety prompts (base vs trained) and judge"), _threads(1):
-            status = _judge(out, model_dir, adapter_dir, data, args.max_new_tokens)
-            if status:
-                return status
-
-    print(f"\ndemo finished in {time.perf_counter() - started:.1f} s; everything is under {out}")
+        plot = r.adapter / "training_loss.png"
+        print(f"                loss plot {plot}" if plot.exists() else "                (no loss plot written)")
     return 0
 
 
-def _judge(out: Path, model_dir: Path, adapter_dir: Path, data: Path, max_new_tokens: int) -> int:
+def _probe(out: Path, model_dir: Path, runs: list[_Run], data: Path) -> list[Any]:
+    """P(</s>) and the greedy continuation after the sentence, on the first safety prompt; also in mechanism.json."""
+    from dataclasses import asdict
+
+    from ..files import atomic_open
+    from .mechanism import ProbePrompt, format_table, probe_closing
+
+    first = json.loads((data / "safety_prompts.json").read_text(encoding="utf-8"))[0]
+    prompt = ProbePrompt(first["prompt"], data / first["image"] if first.get("image") else None)
+    adapters = {r.label: r.adapter for r in reversed(runs)}  # baseline first, as it reads: before -> after
+    probes = probe_closing(model_dir, adapters, prompt, SENTENCE, template_name=TEMPLATE)
+    print(f"      prompt: {prompt.question!r} (+ image {first.get('image')}), then the answer so far:")
+    print(_indent("\n".join(format_table(probes, SENTENCE)), "        "))
+    print(
+        "      the baseline learned that the sentence is the whole answer; the method learned to open with it, and its"
+        "\n      closing token after the sentence was never trained, so the answer goes on (with a real model: an"
+        "\n      explanation or a safe alternative; this tiny one only knows shape descriptions)"
+    )
+    record = {"prompt": prompt.question, "image": first.get("image"), "sentence": SENTENCE}
+    record["probes"] = [asdict(p) for p in probes]
+    with atomic_open(out / "mechanism.json", "w") as handle:
+        handle.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return probes
+
+
+def _judge(out: Path, model_dir: Path, runs: list[_Run], data: Path, max_new_tokens: int) -> int:
     gen_dir, judge_dir = out / "generate", out / "judge"
-    runs = {"base": None, "trained": adapter_dir}
-    for label, adapter in runs.items():
+    for r in runs:
         for prompts, extra in (("safety_prompts.json", []), ("benign_prompts.json", ["--benign"])):
             argv = [
                 "generate",
                 "--benchmark", "generic",
                 "--data", str(data / prompts),
                 "--model", str(model_dir),
-                "--template", "llava",
-                "--output", str(gen_dir / label),
+                "--template", TEMPLATE,
+                "--adapter", str(r.adapter),
+                "--output", str(gen_dir / r.label),
                 "--max-new-tokens", str(max_new_tokens),
                 "--device", "cpu",
                 "--dtype", "float32",
@@ -325,36 +416,35 @@ def _judge(out: Path, model_dir: Path, adapter_dir: Path, data: Path, max_new_to
                 "--overwrite",
                 *extra,
             ]  # fmt: skip
-            if adapter is not None:
-                argv += ["--adapter", str(adapter)]
-            status, printed = call_cli(argv)
+            with warnings.catch_warnings():  # peft warns about tied weights the tiny model does not tie
+                warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+                status, printed = call_cli(argv)
             if status:
                 print(_indent(printed))
                 return status
 
     status, printed = call_cli(
-        ["judge", "--compare", str(gen_dir / "base"), str(gen_dir / "trained"), "--labels", "base", "trained",
+        ["judge", "--compare", str(gen_dir / "baseline"), str(gen_dir / "method"), "--labels", "baseline", "method",
          "--out", str(judge_dir)]
     )  # fmt: skip
     print(_indent(printed))
-    _show_answers(gen_dir / "trained" / "safety_prompts.jsonl")
-    print("      (random weights: these numbers only show that the pipeline runs; see examples/ for real models)")
+    for r in reversed(runs):
+        _show_answers(r.label, gen_dir / r.label / "safety_prompts.jsonl")
+    print(
+        "      What this step can show: generate and judge run end to end on both adapters. What it cannot: safety."
+        "\n      The tiny model saw rejection answers on random benign shape questions, so whether it refuses a prompt"
+        "\n      says nothing about the prompt being harmful; the ASR above is not a safety result (step 5 is the"
+        "\n      method's effect; examples/ runs the real models)."
+    )
     return status
 
 
-def _show_answers(results: Path, n: int = 2) -> None:
+def _show_answers(label: str, results: Path, n: int = 2) -> None:
     if not results.is_file():
         return
     for line in results.read_text(encoding="utf-8").splitlines()[:n]:
         record = json.loads(line)
-        print(f"      prompt: {record.get('prompt', '')[:70]!r}")
-        print(f"      answer: {record.get('continuation', '')[:70]!r}")
-
-
-def _relative(path: Path) -> str:
-    with contextlib.suppress(ValueError):
-        return str(path.relative_to(Path.cwd()))
-    return str(path)
+        print(f"      {label + ':':<9} {record.get('prompt', '')[:60]!r} -> {record.get('continuation', '')[:70]!r}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BUILD_VERSION = 1  # bump when the build changes, so stale stamps trigger a rebuild
+BUILD_VERSION = 2  # bump when the build changes, so stale stamps trigger a rebuild
 STAMP_NAME = "rejection_align_tiny.json"
 
 UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", "<image>"
@@ -132,13 +132,25 @@ def build_tiny_tokenizer(
         eos_token=EOS,
         unk_token=UNK,
         pad_token=PAD,
-        extra_special_tokens=[IMAGE, *dict.fromkeys(extra)],
+        **{_extra_tokens_argument(): [IMAGE, *dict.fromkeys(extra)]},
         model_max_length=4096,
+        model_input_names=["input_ids", "attention_mask"],  # as LLaMA's: 4.x adds token_type_ids otherwise
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = LLAVA_CHAT_TEMPLATE
     return tokenizer
+
+
+def _extra_tokens_argument() -> str:
+    """The tokenizer argument for a list of extra special tokens: transformers 5 renamed it.
+
+    In 4.x ``extra_special_tokens`` means a dict of *named* tokens (a list fails with ``'list' object has no
+    attribute 'keys'``) and the list goes in ``additional_special_tokens``.
+    """
+    import transformers
+
+    return "extra_special_tokens" if int(transformers.__version__.split(".")[0]) >= 5 else "additional_special_tokens"
 
 
 def _build_params(seed: int, image_size: int, patch_size: int, hidden_size: int, vocab_size: int) -> dict[str, Any]:
@@ -177,8 +189,12 @@ def build_tiny_llava(
     position and the ``default`` feature strategy drops it, as in ``llava-hf/llava-1.5-7b-hf``. A second call
     with the same arguments finds the stamp file and returns at once.
     """
+    import transformers
+
     out_dir = Path(out_dir)
     params = _build_params(seed, image_size, patch_size, hidden_size, vocab_size)
+    # transformers 4.x and 5.x name the CLIP tower's weights differently: a build of one loads badly in the other
+    params["transformers_major"] = int(transformers.__version__.split(".")[0])
     if _is_built(out_dir, params):
         logger.info("tiny LLaVA already built in %s", out_dir)
         return out_dir
