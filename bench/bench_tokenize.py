@@ -43,8 +43,8 @@ def make_processor(template_name: str, ours: bool, settings):
     from llamafactory.hparams import DataArguments
     from transformers import CLIPImageProcessor, LlavaProcessor
 
-    from rejection_align.hook.processor import SETTINGS_ATTR, RejectionSupervisedDatasetProcessor
     from rejection_align.demo.tiny import build_tiny_tokenizer
+    from rejection_align.hook.processor import SETTINGS_ATTR, RejectionSupervisedDatasetProcessor
 
     tokenizer = copy.deepcopy(build_tiny_tokenizer(("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>")))
     data_args = DataArguments(template=template_name, cutoff_len=1024)
