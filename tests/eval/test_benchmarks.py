@@ -319,8 +319,8 @@ def test_the_cli_exits_2_with_a_message_for_a_nested_generic_record(tmp_path, ca
 
     path = tmp_path / "deep.jsonl"
     path.write_text('{"id": 1, "prompt": "a", "x": ' + "[" * 1000 + "]" * 1000 + "}\n")
-    args = ["generate", "--benchmark", "generic", "--data", str(path), "--model", "none", "--output", str(tmp_path)]
-    assert main(args) == 2
+    args = ["generate", "--benchmark", "generic", "--data", str(path), "--model", "none", "--template", "llava"]
+    assert main([*args, "--output", str(tmp_path)]) == 2
     assert "nested too deeply" in capsys.readouterr().err
 
 
