@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import math
+import operator
 import os
 import random
 import re
@@ -36,7 +38,6 @@ from .llava_format import (
     WHAT_ABOUT,
     JsonArrayWriter,
     LlavaFile,
-    check_record,
     encode_record,
     find_missing_images,
     gc_paused,
@@ -60,6 +61,7 @@ from .registry import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42
+_WRITE_BATCH = 16384  # records made and written together
 _NAME_RE = re.compile(r"^[^/\\\x00]+$")
 
 
@@ -216,7 +218,7 @@ def _mix(options: MixOptions) -> MixResult:
     instruct = LlavaFile.read(options.instruct)
     source = LlavaFile.read(options.rejection_source)
     # file 1, the small one, is validated whole: --random-turn needs to know which records it can use
-    flags1 = [check_record(source.record(i), source.label, i) for i in range(len(source))]
+    flags1 = source.flags()
     ids1 = source.ids()
     ids2 = instruct.ids()
     logger.info("%s: %d records; %s: %d records", source.label, len(source), instruct.label, len(instruct))
@@ -259,10 +261,11 @@ def _mix(options: MixOptions) -> MixResult:
 
     # file 2: excluding the ids drawn from file 1 (or, with --similar, only those ids); ids compare as strings
     drawn = {ids1[i] for i in sample1}
+    in_drawn = map(drawn.__contains__, ids2)  # (list operations in C: ids2 may hold 665k ids)
     if options.similar:
-        population2: Sequence[int] = [i for i, rid in enumerate(ids2) if rid in drawn]
+        population2: Sequence[int] = list(itertools.compress(range(len(ids2)), in_drawn))
     elif drawn:
-        population2 = [i for i, rid in enumerate(ids2) if rid not in drawn]
+        population2 = list(itertools.compress(range(len(ids2)), map(operator.not_, in_drawn)))
     else:
         population2 = range(len(ids2))
     excluded = 0 if options.similar else len(ids2) - len(population2)
@@ -317,14 +320,13 @@ def _mix(options: MixOptions) -> MixResult:
     with atomic_open(output, "wb") as handle:
         digest = hashlib.sha256()
         with JsonArrayWriter(handle, digest) as writer:
-            for item in mixed:
-                if type(item) is int:
-                    data, record_images_ = instruct.sharegpt(item)  # validated on the way
-                    if options.image_dir is not None:
-                        images += record_images_
-                    writer.write_bytes(data)
-                else:
-                    writer.write_bytes(item)
+            for start in range(0, len(mixed), _WRITE_BATCH):
+                items = mixed[start : start + _WRITE_BATCH]
+                lines, instruct_images = instruct.sharegpt_many([item for item in items if type(item) is int])
+                if options.image_dir is not None:  # validated on the way
+                    images += instruct_images
+                line_of = iter(lines).__next__
+                writer.write_many([line_of() if type(item) is int else item for item in items])
             writer.close()
         if options.image_dir is not None:
             _check_images(images, options)
