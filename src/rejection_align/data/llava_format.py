@@ -93,6 +93,7 @@ _SPEAKER_OF = operator.attrgetter("from_")
 _VALUE_OF = operator.attrgetter("value")
 _ID_OF = operator.attrgetter("id")
 _CONVERSATIONS_OF = operator.attrgetter("conversations")
+_IMAGE_OF = operator.attrgetter("image")
 #: records checked together by LlavaFile.sharegpt_many (one decode per batch; bounds the memory of decoded turns)
 SHAREGPT_BATCH = 2048
 _TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
@@ -146,11 +147,48 @@ def _all_turns_ok(turns_of: list[list[Turn]], n_images: list[int]) -> bool:
     values = list(map(_VALUE_OF, turns))
     if not all(map(str.strip, values)) or IMAGE_TAG in "\x00".join(values[1::2]):
         return False
-    # tags per record: running totals of the per-question counts, read at each record's last question
-    totals = list(itertools.accumulate(map(str.count, values[0::2], itertools.repeat(IMAGE_TAG))))
-    ends = list(itertools.accumulate(map(operator.rshift, lengths, itertools.repeat(1))))
+    return _per_record(map(str.count, values[0::2], itertools.repeat(IMAGE_TAG)), lengths) == n_images
+
+
+def _per_record(per_question: Iterable[int], lengths: list[int]) -> list[int]:
+    """Sums of a number per question (human turn), record by record (``lengths``: turns per record, all even).
+
+    Running totals read at each record's last question, then differenced: list operations, no loop per record.
+    """
+    totals = list(itertools.accumulate(per_question))
+    ends = itertools.accumulate(map(operator.rshift, lengths, itertools.repeat(1)))
     at_ends = list(map(totals.__getitem__, map(operator.sub, ends, itertools.repeat(1))))
-    return list(map(operator.sub, at_ends, [0, *at_ends[:-1]])) == n_images
+    return list(map(operator.sub, at_ends, [0, *at_ends[:-1]]))
+
+
+def _image_count(image: str | list[str] | None) -> int:
+    """:func:`_count_images` for a valid record; -1 (never a tag count) for an empty path, which it reports."""
+    if image is None:
+        return 0
+    if type(image) is str:
+        return 1 if image else -1
+    return len(image) if all(image) else -1
+
+
+def check_records(records: list[LlavaRecord]) -> list[int] | None:
+    """:func:`check_record`'s flags of many records at once, or None if any breaks a rule (then go one by one).
+
+    The rules are checked in list operations over all turns (:func:`_all_turns_ok`); only the images are looked at
+    record by record.
+    """
+    if not records:
+        return []
+    n_images = list(map(_image_count, map(_IMAGE_OF, records)))
+    turns_of = list(map(_CONVERSATIONS_OF, records))
+    if not _all_turns_ok(turns_of, n_images):
+        return None
+    humans = list(map(_VALUE_OF, itertools.chain.from_iterable(turns[0::2] for turns in turns_of)))
+    lengths = list(map(len, turns_of))
+    follow_ups = _per_record(map(operator.contains, map(str.lower, humans), itertools.repeat(WHAT_ABOUT)), lengths)
+    n_questions = list(map(operator.rshift, lengths, itertools.repeat(1)))
+    all_what_about = map(operator.eq, follow_ups, n_questions)
+    has_image = map(bool, n_images)
+    return [FLAG_HAS_IMAGE * image | FLAG_ALL_WHAT_ABOUT * what for image, what in zip(has_image, all_what_about)]
 
 
 def check_record(record: LlavaRecord, label: str, index: int) -> int:
@@ -677,9 +715,12 @@ class LlavaFile:
             records = _RECORDS.decode(self._text)
         except (msgspec.MsgspecError, RecursionError, ValueError):
             records = None
-        if records is None or len(records) != len(self.raws):
-            records = [self.record(index) for index in range(len(self.raws))]
-        return [check_record(record, self.label, index) for index, record in enumerate(records)]
+        if records is not None and len(records) == len(self.raws):
+            flags = check_records(records)
+            if flags is not None:
+                return flags
+        # a bad record: one by one, in order, so that the first bad one is named
+        return [check_record(self.record(index), self.label, index) for index in range(len(self.raws))]
 
     def record(self, index: int) -> LlavaRecord:
         """Record ``index`` decoded and validated."""
