@@ -45,8 +45,8 @@ print(sum(map(len, trees)))
 """
 
 
-def run_step(command: list[str]) -> tuple[float, float]:
-    """Run one step in a fresh process; return (wall seconds, peak RSS in MiB) of that process alone."""
+def run_step(command: list[str]) -> tuple[float, float, float]:
+    """Run one step in a fresh process; return (wall seconds, peak RSS in MiB, CPU seconds) of that process alone."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output = process.stdout.read()
@@ -57,7 +57,7 @@ def run_step(command: list[str]) -> tuple[float, float]:
     if process.returncode != 0:
         sys.stderr.write(output.decode(errors="replace"))
         raise SystemExit(f"step failed ({process.returncode}): {' '.join(command)}")
-    return elapsed, usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    return elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # ru_maxrss is in KiB on Linux
 
 
 def ensure_input(path: Path, records: int, kind: str, seed: int) -> None:
@@ -128,24 +128,35 @@ def main(argv: list[str] | None = None) -> int:
     # rounds of every step in turn (not each step repeated in a row): load from other jobs then weighs on the floor
     # and the mixes alike; each step's fastest time and largest peak RSS are kept
     best = {label: (float("inf"), 0.0) for label, _command in steps}
+    best_cpu = {label: float("inf") for label, _command in steps}
     for round_ in range(1, args.repeat + 1):
         for label, command in steps:
             if round_ > 1 and label != "parse floor":
                 shutil.rmtree(command[-1], ignore_errors=True)
-            elapsed, rss = run_step(command)
+            elapsed, rss, cpu = run_step(command)
             best[label] = (min(best[label][0], elapsed), max(best[label][1], rss))
+            best_cpu[label] = min(best_cpu[label], cpu)
             if args.repeat > 1:
-                print(f"  round {round_}: {label:<15} {elapsed:8.2f} s  peak RSS {rss:8.0f} MiB", flush=True)
+                print(
+                    f"  round {round_}: {label:<15} {elapsed:8.2f} s  CPU {cpu:7.2f} s  peak RSS {rss:8.0f} MiB",
+                    flush=True,
+                )
     if args.repeat > 1:
         print(f"\nfastest of {args.repeat} interleaved rounds (peak RSS: the largest):")
     results = [(label, *best[label]) for label, _command in steps]
     floor_time, floor_rss = results[0][1], results[0][2]
+    floor_cpu = best_cpu["parse floor"]
     for label, best_time, peak in results:
         print(
             f"{label:<15} {best_time:8.2f} s  ({best_time / floor_time:4.2f}x parse)   "
+            f"CPU {best_cpu[label]:7.2f} s  ({best_cpu[label] / floor_cpu:4.2f}x)   "
             f"peak RSS {peak:8.0f} MiB  ({peak / floor_rss:4.2f}x parse, {peak / input_mib:4.2f}x input)",
             flush=True,
         )
+    print(
+        "(CPU: user + system time of the step's process, all its threads; steadier than wall time under load, and an "
+        "upper bound for a mix, whose hashing and writing thread runs on the second core when one is idle)"
+    )
 
     same = all(
         filecmp.cmp(a, work / "readme-2" / a.name, shallow=False) for a in sorted((work / "readme-1").iterdir())
