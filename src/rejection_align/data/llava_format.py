@@ -72,9 +72,6 @@ _SPLIT = msgspec.json.Decoder(list[msgspec.Raw])
 _RECORD = msgspec.json.Decoder(LlavaRecord)
 _RECORDS = msgspec.json.Decoder(list[LlavaRecord])
 _TURNS = msgspec.json.Decoder(list[Turn])
-_TURNS_MANY = msgspec.json.Decoder(list[list[Turn]])
-_LITERALS = msgspec.json.Decoder(list[str | int])
-_STRINGS = msgspec.json.Decoder(list[str])
 _ID = msgspec.json.Decoder(_IdOnly)
 _IDS = msgspec.json.Decoder(list[_IdOnly])
 _ANY = msgspec.json.Decoder()
@@ -94,8 +91,6 @@ _VALUE_OF = operator.attrgetter("value")
 _ID_OF = operator.attrgetter("id")
 _CONVERSATIONS_OF = operator.attrgetter("conversations")
 _IMAGE_OF = operator.attrgetter("image")
-#: records checked together by LlavaFile.sharegpt_many (one decode per batch; bounds the memory of decoded turns)
-SHAREGPT_BATCH = 2048
 _TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
@@ -488,14 +483,6 @@ class JsonArrayWriter:
     def write(self, record: dict) -> None:
         self.write_bytes(encode_record(record))
 
-    def write_many(self, lines: list[bytes]) -> None:
-        """:meth:`write_bytes` of each line."""
-        self._batch += lines
-        self._batch_bytes += sum(map(len, lines))
-        self.count += len(lines)
-        if self._batch_bytes >= 4 << 20:
-            self._flush()
-
     def write_bytes(self, data: bytes) -> None:
         """Write one record already encoded as JSON (one line, no trailing comma)."""
         self._batch.append(data)
@@ -633,77 +620,6 @@ class LlavaFile:
         # any other layout, or a bad record: the typed decoder validates it (and words the error)
         self.record(index)
         return sharegpt_bytes(raw, copy_plain=False)
-
-    def sharegpt_many(self, indices: list[int]) -> tuple[list[bytes], list[str]]:
-        """:meth:`sharegpt` of each record in ``indices``: their output lines, and all their images in order.
-
-        Same bytes and same errors as :meth:`sharegpt` record by record (which it falls back to), at a fraction of the
-        cost: the plain-layout records of a batch are checked with one decode of all their turns and a few list
-        operations over all of them, and their lines are made with one ``translate`` and one ``split``.
-        """
-        lines: list[bytes] = []
-        images: list[str] = []
-        for start in range(0, len(indices), SHAREGPT_BATCH):
-            batch = indices[start : start + SHAREGPT_BATCH]
-            done = self._sharegpt_batch(batch)
-            if done is None:  # a record that is not plain, or a bad one: record by record (which words the error)
-                done = ([], [])
-                for index in batch:
-                    line, record_images = self.sharegpt(index)
-                    done[0].append(line)
-                    done[1].extend(record_images)
-            lines += done[0]
-            images += done[1]
-        return lines, images
-
-    def _sharegpt_batch(self, batch: list[int]) -> tuple[list[bytes], list[str]] | None:
-        """The lines and images of a batch of valid plain-layout records (see :func:`plain_sharegpt_bytes`), or None.
-
-        None when any record of the batch is not plain or breaks a rule: the caller then goes record by record.
-        """
-        raws = self.raws
-        match_plain = _PLAIN_PREFIX.match
-        pieces: list[bytes] = []
-        conversations: list[bytes] = []
-        literals: list[bytes] = []
-        image_literals: list[bytes] = []
-        n_images: list[int] = []
-        for index in batch:
-            data = bytes(raws[index])
-            match = match_plain(data)
-            if match is None or data[-1:] != b"}":
-                return None
-            conversation = data[match.end() : -1].rstrip(b" \t\r\n")
-            rid, image = match.group("id", "image")
-            literals.append(rid)
-            if image is None:
-                n_images.append(0)
-                image = b""
-            else:
-                n_images.append(1)
-                image_literals.append(image)
-            conversations.append(conversation)
-            pieces += (
-                b'{"id": ',
-                rid if rid[:1] == b'"' else b'"' + rid + b'"',
-                b', "image": [',
-                image,
-                b'], "conversations": ',
-                conversation,
-                b"}\x00",
-            )
-        try:
-            turns_of = _TURNS_MANY.decode(b"[" + b",".join(conversations) + b"]")
-            _LITERALS.decode(b"[" + b",".join(literals) + b"]")  # valid UTF-8 and escapes
-            images = _STRINGS.decode(b"[" + b",".join(image_literals) + b"]")
-        except (msgspec.MsgspecError, RecursionError, ValueError):
-            return None
-        if len(turns_of) != len(batch) or "" in images or not _all_turns_ok(turns_of, n_images):
-            return None
-        # a decoded batch holds no raw NUL (JSON strings cannot), so NUL marks where each line ends
-        lines = b"".join(pieces).translate(None, b"\r\n").split(b"\x00")
-        lines.pop()
-        return lines, images
 
     def flags(self) -> list[int]:
         """:func:`check_record`'s flags of every record, each validated (a :class:`DataError` for the first bad one).

@@ -61,7 +61,6 @@ from .registry import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42
-_WRITE_BATCH = 16384  # records made and written together
 _NAME_RE = re.compile(r"^[^/\\\x00]+$")
 
 
@@ -320,13 +319,14 @@ def _mix(options: MixOptions) -> MixResult:
     with atomic_open(output, "wb") as handle:
         digest = hashlib.sha256()
         with JsonArrayWriter(handle, digest) as writer:
-            for start in range(0, len(mixed), _WRITE_BATCH):
-                items = mixed[start : start + _WRITE_BATCH]
-                lines, instruct_images = instruct.sharegpt_many([item for item in items if type(item) is int])
-                if options.image_dir is not None:  # validated on the way
-                    images += instruct_images
-                line_of = iter(lines).__next__
-                writer.write_many([line_of() if type(item) is int else item for item in items])
+            for item in mixed:
+                if type(item) is int:
+                    data, record_images_ = instruct.sharegpt(item)  # validated on the way
+                    if options.image_dir is not None:
+                        images += record_images_
+                    writer.write_bytes(data)
+                else:
+                    writer.write_bytes(item)
             writer.close()
         if options.image_dir is not None:
             _check_images(images, options)
