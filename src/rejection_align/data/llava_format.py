@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import operator
@@ -69,8 +70,10 @@ class _IdOnly(msgspec.Struct, gc=False):
 
 _SPLIT = msgspec.json.Decoder(list[msgspec.Raw])
 _RECORD = msgspec.json.Decoder(LlavaRecord)
+_RECORDS = msgspec.json.Decoder(list[LlavaRecord])
 _TURNS = msgspec.json.Decoder(list[Turn])
 _ID = msgspec.json.Decoder(_IdOnly)
+_IDS = msgspec.json.Decoder(list[_IdOnly])
 _ANY = msgspec.json.Decoder()
 
 # The plain layout up to the value of "conversations", matched at a record's start (see plain_sharegpt_bytes)
@@ -85,6 +88,9 @@ _SHAREGPT_KEYS = ("id", "image", "conversations")
 _SPEAKERS = [HUMAN, GPT] * 64
 _SPEAKER_OF = operator.attrgetter("from_")
 _VALUE_OF = operator.attrgetter("value")
+_ID_OF = operator.attrgetter("id")
+_CONVERSATIONS_OF = operator.attrgetter("conversations")
+_IMAGE_OF = operator.attrgetter("image")
 _TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
@@ -119,6 +125,65 @@ def _turns_ok(turns: list[Turn], n_images: int) -> bool:
     if not all(map(str.strip, values)) or IMAGE_TAG in "\x00".join(values[1::2]):
         return False
     return "\x00".join(values[0::2]).count(IMAGE_TAG) == n_images
+
+
+def _all_turns_ok(turns_of: list[list[Turn]], n_images: list[int]) -> bool:
+    """:func:`_turns_ok` for many records at once, in list operations over all their turns (no loop per record).
+
+    Records of even length whose concatenated speakers alternate from human each alternate from human themselves.
+    """
+    lengths = list(map(len, turns_of))
+    if 0 in lengths or any(map(operator.and_, lengths, itertools.repeat(1))):
+        return False
+    turns = list(itertools.chain.from_iterable(turns_of))
+    n_turns = len(turns)
+    if list(map(_SPEAKER_OF, turns)) != [HUMAN, GPT] * (n_turns // 2):
+        return False
+    values = list(map(_VALUE_OF, turns))
+    if not all(map(str.strip, values)) or IMAGE_TAG in "\x00".join(values[1::2]):
+        return False
+    return _per_record(map(str.count, values[0::2], itertools.repeat(IMAGE_TAG)), lengths) == n_images
+
+
+def _per_record(per_question: Iterable[int], lengths: list[int]) -> list[int]:
+    """Sums of a number per question (human turn), record by record (``lengths``: turns per record, all even).
+
+    Running totals read at each record's last question, then differenced: list operations, no loop per record.
+    """
+    totals = list(itertools.accumulate(per_question))
+    ends = itertools.accumulate(map(operator.rshift, lengths, itertools.repeat(1)))
+    at_ends = list(map(totals.__getitem__, map(operator.sub, ends, itertools.repeat(1))))
+    return list(map(operator.sub, at_ends, [0, *at_ends[:-1]]))
+
+
+def _image_count(image: str | list[str] | None) -> int:
+    """:func:`_count_images` for a valid record; -1 (never a tag count) for an empty path, which it reports."""
+    if image is None:
+        return 0
+    if type(image) is str:
+        return 1 if image else -1
+    return len(image) if all(image) else -1
+
+
+def check_records(records: list[LlavaRecord]) -> list[int] | None:
+    """:func:`check_record`'s flags of many records at once, or None if any breaks a rule (then go one by one).
+
+    The rules are checked in list operations over all turns (:func:`_all_turns_ok`); only the images are looked at
+    record by record.
+    """
+    if not records:
+        return []
+    n_images = list(map(_image_count, map(_IMAGE_OF, records)))
+    turns_of = list(map(_CONVERSATIONS_OF, records))
+    if not _all_turns_ok(turns_of, n_images):
+        return None
+    humans = list(map(_VALUE_OF, itertools.chain.from_iterable(turns[0::2] for turns in turns_of)))
+    lengths = list(map(len, turns_of))
+    follow_ups = _per_record(map(operator.contains, map(str.lower, humans), itertools.repeat(WHAT_ABOUT)), lengths)
+    n_questions = list(map(operator.rshift, lengths, itertools.repeat(1)))
+    all_what_about = map(operator.eq, follow_ups, n_questions)
+    has_image = map(bool, n_images)
+    return [FLAG_HAS_IMAGE * image | FLAG_ALL_WHAT_ABOUT * what for image, what in zip(has_image, all_what_about)]
 
 
 def check_record(record: LlavaRecord, label: str, index: int) -> int:
@@ -510,6 +575,10 @@ class LlavaFile:
         Records that open with their id (``{"id": ...``, the usual layout) give it from a regex match on their
         first bytes; others are decoded with a one-field Struct.
         """
+        try:  # every record valid: one decode of the whole array, in C
+            return list(map(str, map(_ID_OF, _IDS.decode(self._text))))
+        except (msgspec.MsgspecError, RecursionError, ValueError):
+            pass  # the loop below names the bad record
         out: list[str] = []
         append = out.append
         match_id = _ID_PREFIX.match
@@ -551,6 +620,23 @@ class LlavaFile:
         # any other layout, or a bad record: the typed decoder validates it (and words the error)
         self.record(index)
         return sharegpt_bytes(raw, copy_plain=False)
+
+    def flags(self) -> list[int]:
+        """:func:`check_record`'s flags of every record, each validated (a :class:`DataError` for the first bad one).
+
+        One typed decode of the whole array when every record's types are right (the file is small: the rejection
+        source); otherwise record by record, which names the bad record.
+        """
+        try:
+            records = _RECORDS.decode(self._text)
+        except (msgspec.MsgspecError, RecursionError, ValueError):
+            records = None
+        if records is not None and len(records) == len(self.raws):
+            flags = check_records(records)
+            if flags is not None:
+                return flags
+        # a bad record: one by one, in order, so that the first bad one is named
+        return [check_record(self.record(index), self.label, index) for index in range(len(self.raws))]
 
     def record(self, index: int) -> LlavaRecord:
         """Record ``index`` decoded and validated."""

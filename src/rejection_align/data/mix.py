@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import math
+import operator
 import os
 import random
 import re
@@ -36,7 +38,6 @@ from .llava_format import (
     WHAT_ABOUT,
     JsonArrayWriter,
     LlavaFile,
-    check_record,
     encode_record,
     find_missing_images,
     gc_paused,
@@ -216,7 +217,7 @@ def _mix(options: MixOptions) -> MixResult:
     instruct = LlavaFile.read(options.instruct)
     source = LlavaFile.read(options.rejection_source)
     # file 1, the small one, is validated whole: --random-turn needs to know which records it can use
-    flags1 = [check_record(source.record(i), source.label, i) for i in range(len(source))]
+    flags1 = source.flags()
     ids1 = source.ids()
     ids2 = instruct.ids()
     logger.info("%s: %d records; %s: %d records", source.label, len(source), instruct.label, len(instruct))
@@ -259,10 +260,11 @@ def _mix(options: MixOptions) -> MixResult:
 
     # file 2: excluding the ids drawn from file 1 (or, with --similar, only those ids); ids compare as strings
     drawn = {ids1[i] for i in sample1}
+    in_drawn = map(drawn.__contains__, ids2)  # (list operations in C: ids2 may hold 665k ids)
     if options.similar:
-        population2: Sequence[int] = [i for i, rid in enumerate(ids2) if rid in drawn]
+        population2: Sequence[int] = list(itertools.compress(range(len(ids2)), in_drawn))
     elif drawn:
-        population2 = [i for i, rid in enumerate(ids2) if rid not in drawn]
+        population2 = list(itertools.compress(range(len(ids2)), map(operator.not_, in_drawn)))
     else:
         population2 = range(len(ids2))
     excluded = 0 if options.similar else len(ids2) - len(population2)
