@@ -60,3 +60,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$LEG_VENV/bin/python" -m compileall -q "$ROOT/src/rejection_align" >/dev/null || true
   echo "$want" > "$stamp"
 fi
+
+export PATH="$LEG_VENV/bin:$PATH"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
