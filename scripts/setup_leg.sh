@@ -34,9 +34,25 @@ case "$LEG" in
   *) echo "[setup] unknown leg '$LEG'" >&2; return 2 2>/dev/null || exit 2 ;;
 esac
 
+BASE_VENV=${REJECTION_ALIGN_VENV:-$ROOT/.venv}
 if [ ! -x "$LEG_VENV/bin/python" ]; then
-  echo "[setup:$LEG] creating $LEG_VENV with $PYTHON"
-  "$PYTHON" -m venv "$LEG_VENV"
+  if [ -x "$BASE_VENV/bin/python" ]; then
+    # a hard-linked copy of the main environment: torch (GBs) is not unpacked again, and pip replaces files rather
+    # than editing them, so the copy never changes the original; only the scripts' #! lines name the environment
+    echo "[setup:$LEG] cloning $BASE_VENV into $LEG_VENV (hard links)"
+    rm -rf "$LEG_VENV.partial"
+    cp -al "$BASE_VENV" "$LEG_VENV.partial"
+    rm -f "$LEG_VENV.partial/.rejection-align-installed"
+    for script in "$LEG_VENV.partial"/bin/*; do
+      if [ -f "$script" ] && [ ! -L "$script" ] && head -n 1 "$script" | grep -q "^#!$BASE_VENV/bin/"; then
+        sed -i "1s|^#!$BASE_VENV/bin/|#!$LEG_VENV/bin/|" "$script"  # writes a new file: the link is broken
+      fi
+    done
+    mv "$LEG_VENV.partial" "$LEG_VENV"
+  else
+    echo "[setup:$LEG] creating $LEG_VENV with $PYTHON"
+    "$PYTHON" -m venv "$LEG_VENV"
+  fi
 fi
 
 stamp="$LEG_VENV/.rejection-align-installed"
