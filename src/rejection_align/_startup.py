@@ -1,4 +1,8 @@
-"""Start-up hook, imported by ``rejection_align.pth`` in every interpreter of the environment.
+"""Start-up hook, run in every interpreter of the environment by ``rejection_align.pth`` (``import`` line) or, on
+Python 3.15+ (PEP 829), by ``rejection_align.start`` (entry point ``rejection_align._startup:activate``).
+
+Where both are honoured, importing this module and calling :func:`activate` both end in one finder: ``activate``
+is idempotent, and a ``.start`` file beside the ``.pth`` turns the ``.pth``'s import line off anyway.
 
 It only puts a finder on ``sys.meta_path`` that waits for LLaMA-Factory's loader and argument parser to be
 imported; the real work (``rejection_align.hook.patches``) runs then and only then. It imports nothing, returns at once
@@ -58,17 +62,14 @@ def is_disabled() -> bool:
 
 
 def activate() -> None:
-    """Put the finder on ``sys.meta_path`` once; a no-op when disabled or already active."""
-    if is_disabled():
-        return
+    """Put the finder on ``sys.meta_path`` once; a no-op when disabled or already active. Never raises."""
+    try:
+        if is_disabled() or any(type(finder).__name__ == "_PatchOnImport" for finder in sys.meta_path):
+            return
 
-    if any(type(finder).__name__ == "_PatchOnImport" for finder in sys.meta_path):
-        return
+        sys.meta_path.insert(0, _PatchOnImport())
+    except Exception:
+        pass
 
-    sys.meta_path.insert(0, _PatchOnImport())
 
-
-try:
-    activate()
-except Exception:
-    pass
+activate()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import rejection_align
-from rejection_align.hook import patches
 from rejection_align.errors import ConfigError
+from rejection_align.hook import patches
 from rejection_align.hook.processor import SETTINGS_ATTR
 from rejection_align.hook.settings import RejectionSettings
 
@@ -53,12 +53,25 @@ def test_install_is_idempotent_and_uninstall_restores_the_stock_objects(patched)
     assert not hasattr(loader._get_preprocessed_dataset, "__rejection_align__")
 
 
-def test_status_reports_what_is_in_place(patched):
+def test_status_reports_the_installed_version_and_every_internal_as_ok(patched):
+    from importlib.metadata import version
+
     info = rejection_align.status()
 
-    assert info["llamafactory"] == "0.9.5"
+    assert info["llamafactory"] == version("llamafactory")
     assert info["supported"] is True
+    assert "llamafactory.data.template.Template.encode_multiturn" in info["internals"]
+    assert set(info["internals"].values()) == {"ok"}
     assert info["parser_patched"] and info["loader_patched"]
+
+
+def test_every_train_parser_this_llamafactory_has_is_wrapped(patched):
+    from llamafactory.hparams import parser
+
+    present = [name for name in patches._PARSER_ATTRS if hasattr(parser, name)]
+
+    assert "_parse_train_args" in present
+    assert all(getattr(getattr(parser, name), "__rejection_align__", False) for name in present)
 
 
 def test_parsing_the_same_dict_twice_keeps_the_settings_both_times(patched):
@@ -75,15 +88,24 @@ def test_parsing_the_same_dict_twice_keeps_the_settings_both_times(patched):
     assert args["rejection_mask_eos"] is True
 
 
-def test_an_unsupported_llamafactory_is_an_error_only_when_the_method_is_asked_for(patched, monkeypatch):
+def test_a_changed_internal_is_an_error_naming_it_only_when_the_method_is_asked_for(patched, monkeypatch):
+    from importlib.metadata import version
+
+    from llamafactory.data.template import Template
     from llamafactory.hparams import parser
 
-    monkeypatch.setattr(patches, "_llamafactory_version", lambda: "0.9.4")
+    def encode_multiturn(self, tokenizer, conversation):  # a different signature than every known release
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(Template, "encode_multiturn", encode_multiturn)
     base = {"model_name_or_path": "unused", "template": "llava", "dataset": "x", "output_dir": "o"}
 
     assert not hasattr(parser._parse_train_args(base)[1], SETTINGS_ATTR)
-    with pytest.raises(ConfigError, match="llamafactory 0.9.4 is installed; rejection-align supports 0.9.5"):
+    with pytest.raises(ConfigError) as caught:
         parser._parse_train_args({**base, "rejection_mask_eos": True})
+    message = str(caught.value)
+    assert f"llamafactory {version('llamafactory')} is installed" in message
+    assert "llamafactory.data.template.Template.encode_multiturn takes (self, tokenizer, conversation)" in message
 
 
 def test_the_startup_hook_patches_llamafactory_in_a_fresh_interpreter():
@@ -164,6 +186,7 @@ def test_the_built_wheel_puts_the_startup_line_in_site_packages(tmp_path):
         names = archive.namelist()
         assert "rejection_align.pth" in names  # wheel root = site-packages
         assert archive.read("rejection_align.pth").decode().strip() == "import rejection_align._startup"
+        assert archive.read("rejection_align.start").decode().strip() == "rejection_align._startup:activate"
         assert "rejection_align/_startup.py" in names
 
 
@@ -176,3 +199,54 @@ def test_the_hook_command_reports_a_working_patch():
     assert result.returncode == 0, result.stderr
     assert "parser_patched: True" in result.stdout
     assert "loader_patched: True" in result.stdout
+
+
+# PEP 829 (Python 3.15+): site runs the entry points of ``<name>.start`` files, and a ``.start`` file turns off the
+# ``import`` lines of the matching ``.pth``; later releases ignore ``.pth`` import lines altogether. Python 3.15 is not
+# here, so these runs skip ``site`` (-S) and do what PEP 829's site does: path lines of ``.pth`` files, then
+# ``.start`` entry points, resolved with ``pkgutil.resolve_name`` and called without arguments.
+PEP_829_SITE = """
+import os, pkgutil, sys
+from pathlib import Path
+site_dir = Path(SITE_DIR)
+sys.path.append(str(site_dir))
+for pth in sorted(site_dir.glob("*.pth")):
+    for line in pth.read_text(encoding="utf-8-sig").splitlines():
+        if line.strip() and not line.startswith(("#", "import ", "import\t")) and os.path.exists(site_dir / line):
+            sys.path.append(str(site_dir / line.strip()))
+RUN_PTH_IMPORTS and [exec(line) for pth in sorted(site_dir.glob("*.pth"))
+                     for line in pth.read_text(encoding="utf-8-sig").splitlines() if line.startswith("import ")]
+RUN_START_FILES and [pkgutil.resolve_name(line.strip())() for start in sorted(site_dir.glob("*.start"))
+                     for line in start.read_text(encoding="utf-8-sig").splitlines()
+                     if line.strip() and not line.startswith("#")]
+"""
+
+
+def pep_829_python(code: str, *, pth_imports: bool, start_files: bool) -> subprocess.CompletedProcess:
+    import sysconfig
+
+    site_dir = sysconfig.get_paths()["purelib"]  # python -S does not even set sys.prefix to the venv (site does)
+    prelude = f"SITE_DIR = {site_dir!r}\nRUN_PTH_IMPORTS = {pth_imports}\nRUN_START_FILES = {start_files}\n{PEP_829_SITE}\n"
+    return subprocess.run(
+        [sys.executable, "-S", "-c", prelude + code], env=os.environ, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_start_file_alone_patches_llamafactory_where_pth_import_lines_are_ignored():
+    code = "import llamafactory.hparams.parser, llamafactory.data.loader, rejection_align; print(rejection_align.is_installed())"
+
+    with_start = pep_829_python(code, pth_imports=False, start_files=True)
+    without_either = pep_829_python(code, pth_imports=False, start_files=False)
+
+    assert with_start.returncode == 0, with_start.stderr
+    assert with_start.stdout.strip().endswith("True")
+    assert without_either.stdout.strip().endswith("False")  # so it is the .start file that did it
+
+
+def test_the_pth_line_and_the_start_file_together_put_one_finder_in_place():
+    result = pep_829_python(
+        "print(sum(type(f).__name__ == '_PatchOnImport' for f in sys.meta_path))", pth_imports=True, start_files=True
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"

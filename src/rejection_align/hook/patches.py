@@ -24,11 +24,11 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError
+from . import compat
 
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_LLAMAFACTORY = ("0.9.5",)
 PARSER_MODULE = "llamafactory.hparams.parser"
 LOADER_MODULE = "llamafactory.data.loader"
 _PARSER_ATTRS = ("_parse_train_args", "_parse_train_mca_args", "_parse_train_mbridge_args")
@@ -50,23 +50,12 @@ _LOGGED: set[str] = set()  # one-per-process log lines already written
 
 
 def _llamafactory_version() -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version("llamafactory")
-    except Exception:
-        return None
+    return compat.llamafactory_version()
 
 
-def _unsupported_reason() -> str | None:
-    found = _llamafactory_version()
-    if found is None:
-        return "llamafactory is not installed"
-
-    if found not in SUPPORTED_LLAMAFACTORY:
-        return f"llamafactory {found} is installed; rejection-align supports {', '.join(SUPPORTED_LLAMAFACTORY)}"
-
-    return None
+def _unsupported_reason(*groups: compat.Group) -> str | None:
+    """What keeps the hook from working with the installed LLaMA-Factory (its internals, not its version number)."""
+    return compat.problem(*groups)
 
 
 def _replace(module: Any, attribute: str, new: Any) -> None:
@@ -313,7 +302,7 @@ def _show_logs_like_llamafactory() -> None:
 
 
 def patch_loader(module: Any) -> None:
-    reason = _unsupported_reason()
+    reason = _unsupported_reason("loader")
     if reason is not None:
         _FAILURES[LOADER_MODULE] = reason
         return
@@ -364,13 +353,16 @@ def record_failure(module_name: str, err: BaseException) -> None:
 
 
 def install() -> None:
-    """Patch LLaMA-Factory now (idempotent). Raises ``ConfigError`` when LLaMA-Factory is missing or unsupported."""
-    reason = _unsupported_reason()
-    if reason is not None:
-        raise ConfigError(f"cannot install the rejection-align hook: {reason}")
+    """Patch LLaMA-Factory now (idempotent). Raises ``ConfigError`` when LLaMA-Factory is missing or its internals
+    are not what the hook relies on."""
+    if compat.llamafactory_version() is None:
+        raise ConfigError("cannot install the rejection-align hook: llamafactory is not installed")
 
     patch_parser(importlib.import_module(PARSER_MODULE))
     patch_loader(importlib.import_module(LOADER_MODULE))
+    reason = _unsupported_reason()
+    if reason is not None:
+        raise ConfigError(f"cannot install the rejection-align hook: {reason}")
     if LOADER_MODULE in _FAILURES:
         raise ConfigError(_FAILURES[LOADER_MODULE])
 
@@ -402,9 +394,13 @@ def status() -> dict[str, Any]:
     """What is in place in this process, for bug reports and ``rejection-align hook``."""
     from .. import _startup
 
+    # internals of modules not imported yet are not checked here (that would import LLaMA-Factory); --check imports them
+    loaded = tuple(group for group, name in (("parser", PARSER_MODULE), ("loader", LOADER_MODULE)) if name in sys.modules)
+    internals = compat.report(*loaded) if loaded else {}
     return {
         "llamafactory": _llamafactory_version(),
-        "supported": _unsupported_reason() is None,
+        "supported": all(value == "ok" for value in internals.values()) if internals else None,  # None: not checked
+        "internals": internals,
         "startup_hook_active": any(type(f).__name__ == "_PatchOnImport" for f in sys.meta_path),
         "disabled_by_env": _startup.is_disabled(),
         "parser_patched": _is_patched(PARSER_MODULE),
@@ -435,6 +431,12 @@ def run(args: argparse.Namespace) -> int:
 
     info = status()
     for key, value in info.items():
-        print(f"{key}: {value}")
+        if key == "internals":
+            print(f"{key}:" + ("" if value else " not checked (LLaMA-Factory not imported; use --check)"))
+            for name, state in value.items():
+                print(f"  {name}: {state}")
+        else:
+            print(f"{key}: {value}")
 
-    return 0 if not args.check or (info["parser_patched"] and info["loader_patched"]) else 1
+    working = info["parser_patched"] and info["loader_patched"] and info["supported"]
+    return 0 if not args.check or working else 1
