@@ -3,7 +3,9 @@
 #
 #   bash scripts/test.sh          everything, in three legs, one per LLaMA-Factory version users have:
 #                                   0.9.5   the full suite in .venv
-#                                   0.9.4   tests/hook and tests/test_install.py in .venv-lf094 (transformers 4.57)
+#                                   0.9.4   what touches LLaMA-Factory (LEG_TESTS below: the hook, the install test,
+#                                           generation through its template and loader, the tiny models and the
+#                                           demo) in .venv-lf094 (transformers 4.57)
 #                                   main    the same in .venv-lfmain, LLaMA-Factory main installed editable from
 #                                           $REJECTION_ALIGN_VENDOR_DIR/llamafactory-main-*.tar.gz (default
 #                                           ../shared/vendor beside the repository); skipped with a notice if absent
@@ -20,7 +22,9 @@ if [ $# -gt 0 ]; then
   exec python -m pytest "$@"
 fi
 
-LEG_TESTS=(tests/hook tests/test_install.py)
+# what depends on LLaMA-Factory's internals or on the transformers major version
+LEG_TESTS=(tests/hook tests/test_install.py tests/eval/test_prompt_parity.py tests/eval/test_generate.py
+           tests/eval/test_qwen2_vl_e2e.py tests/demo)
 LOGS=$(mktemp -d)
 summary=()
 failed=0
