@@ -3,6 +3,9 @@
 import copy
 import functools
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 SENTENCE = "I'm sorry, but I cannot assist with your request"
+VENV_BIN = Path(sys.executable).parent
 TEMPLATE_SPECIAL_TOKENS = ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|im_start|>", "<|im_end|>")
 
 
@@ -98,6 +102,21 @@ def llava_record(rid, *pairs, image=None, **extra):
 
 
 @pytest.fixture
+def patched():
+    """The hook installed for the test, and the process left as the start-up hook had it afterwards."""
+    import rejection_align
+    from rejection_align.hook import patches
+
+    was_installed = patches.is_installed()
+    rejection_align.install()
+    yield
+    if not was_installed:
+        rejection_align.uninstall()
+    else:
+        rejection_align.install()
+
+
+@pytest.fixture
 def processor_factory():
     return make_processor
 
@@ -107,3 +126,22 @@ def tiny_llava_dir(tmp_path_factory):
     from rejection_align.demo.tiny import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+def run_llamafactory_cli(
+    cwd: Path, *args: str, stdin: str = "", env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``llamafactory-cli ARGS`` of this environment as a real subprocess: offline, on CPU, with a private HF home."""
+    full_env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # torchrun is found on PATH only
+        "HF_HOME": str(cwd / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "DISABLE_VERSION_CHECK": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [str(VENV_BIN / "llamafactory-cli"), *args], input=stdin, env=full_env, cwd=cwd, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip

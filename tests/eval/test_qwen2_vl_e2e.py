@@ -5,15 +5,12 @@ for rejection answers), and images expand to a number of ``<|image_pad|>`` token
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import SENTENCE
+from conftest import SENTENCE, run_llamafactory_cli
 from rejection_align.cli import main
 from rejection_align.hook.masking import IGNORE_INDEX
 
@@ -22,7 +19,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_DATA = REPO / "data" / "demo"
-VENV_BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -68,18 +64,7 @@ def trained(tiny_qwen2_vl, tmp_path_factory) -> Path:
         "dataloader_num_workers": 0,
     }
     (root / "train.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "HF_HOME": str(root / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "DISABLE_VERSION_CHECK": "1",
-    }
-    result = subprocess.run(
-        [str(VENV_BIN / "llamafactory-cli"), "train", str(root / "train.yaml")],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    result = run_llamafactory_cli(root, "train", str(root / "train.yaml"))
     assert result.returncode == 0, f"llamafactory-cli failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return root
 

@@ -5,7 +5,6 @@ In-process tests call LLaMA-Factory's own ``get_infer_args`` (``export``, ``chat
 """
 
 import logging
-import os
 import subprocess
 import sys
 import types
@@ -15,13 +14,12 @@ import pytest
 import yaml
 
 import rejection_align
-from conftest import SENTENCE
+from conftest import SENTENCE, run_llamafactory_cli
 from rejection_align.errors import ConfigError
 from rejection_align.hook import patches
 from rejection_align.hook.processor import SETTINGS_ATTR
 
 
-VENV_BIN = Path(sys.executable).parent
 # the training YAML's own section (configs/*_rejection.yaml)
 REJECTION_SECTION = {
     "rejection_mask_eos": True,
@@ -168,19 +166,7 @@ def test_the_v1_parser_without_the_keys_is_stock(v1_parser):
 
 
 def run_cli(tmp_path: Path, *args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "DISABLE_VERSION_CHECK": "1",
-        **(env or {}),
-    }
-    return subprocess.run(
-        [str(VENV_BIN / "llamafactory-cli"), *args], input=stdin, env=full_env, cwd=tmp_path, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
+    return run_llamafactory_cli(tmp_path, *args, stdin=stdin, env=env)
 
 
 def write_yaml(path: Path, config: dict) -> Path:

@@ -18,18 +18,6 @@ from rejection_align.hook.settings import RejectionSettings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def patched():
-    """The hook installed for the test, and the process left as the start-up hook had it afterwards."""
-    was_installed = patches.is_installed()
-    rejection_align.install()
-    yield
-    if not was_installed:
-        rejection_align.uninstall()
-    else:
-        rejection_align.install()
-
-
 def python(code: str, *, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, **(env or {})}, cwd=cwd, capture_output=True, text=True,

@@ -5,16 +5,14 @@ Each run trains a LoRA on the tiny LLaVA for two steps on CPU and saves the toke
 """
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import SENTENCE
+from conftest import SENTENCE, VENV_BIN, run_llamafactory_cli
 from rejection_align.hook.masking import IGNORE_INDEX
 
 
@@ -32,7 +30,6 @@ EXAMPLES = [
     (["<image>What is this?", SENTENCE + " Sorry."], True),
     (["Hello!", SENTENCE], False),
 ]
-VENV_BIN = Path(sys.executable).parent
 
 
 def rejection_flags(turns: list[str]) -> list[bool]:
@@ -95,19 +92,7 @@ def run_train(tmp_path: Path, config: dict, *overrides: str, env: dict | None = 
     tmp_path.mkdir(parents=True, exist_ok=True)
     config_path = tmp_path / "train.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    full_env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-        "DISABLE_VERSION_CHECK": "1",
-        **(env or {}),
-    }
-    return subprocess.run(
-        [str(VENV_BIN / "llamafactory-cli"), "train", str(config_path), *overrides],
-        env=full_env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    return run_llamafactory_cli(tmp_path, "train", str(config_path), *overrides, env=env)
 
 
 def tokenized_rows(out: Path) -> list[dict]:

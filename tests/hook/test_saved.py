@@ -12,7 +12,6 @@ import pytest
 import rejection_align
 from conftest import SENTENCE
 from rejection_align.errors import ConfigError
-from rejection_align.hook import patches
 from rejection_align.hook.masking import IGNORE_INDEX
 from rejection_align.hook.saved import RECORD_NAME
 
@@ -24,15 +23,6 @@ CONVERSATIONS = [
     ["What colour is it?", "It is red.", "Why is it red?", SENTENCE],
     ["What is two plus two?", "Four."],
 ]
-
-
-@pytest.fixture
-def patched():
-    was_installed = patches.is_installed()
-    rejection_align.install()
-    yield
-    if not was_installed:
-        rejection_align.uninstall()
 
 
 @pytest.fixture(scope="module")

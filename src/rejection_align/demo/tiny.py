@@ -174,6 +174,19 @@ def _is_built(out_dir: Path, params: dict[str, Any]) -> bool:
         return False
 
 
+
+def _save_build(out_dir: Path, model: Any, processor: Any, tokenizer: Any, params: dict, n_image_tokens: Any) -> int:
+    """Save a built model with its processor and tokenizer; the stamp, written last, marks the build finished."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / STAMP_NAME).unlink(missing_ok=True)  # a half-written build must not look finished
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": n_image_tokens}
+    (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+    return n_params
+
 def build_tiny_llava(
     out_dir: str | os.PathLike,
     *,
@@ -274,14 +287,7 @@ def build_tiny_llava(
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / STAMP_NAME).unlink(missing_ok=True)  # a half-written build must not look finished
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    n_params = sum(p.numel() for p in model.parameters())
-    stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": n_image_tokens}
-    (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+    n_params = _save_build(out_dir, model, processor, tokenizer, params, n_image_tokens)
     logger.info("built tiny LLaVA (%d parameters, %d image tokens) in %s", n_params, n_image_tokens, out_dir)
     return out_dir
 
@@ -414,14 +420,7 @@ def build_tiny_qwen2_vl(
     )
     processor = build_qwen2_vl_processor(tokenizer)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / STAMP_NAME).unlink(missing_ok=True)  # a half-written build must not look finished
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    n_params = sum(p.numel() for p in model.parameters())
-    stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": "4 to 16 (by image size)"}
-    (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+    n_params = _save_build(out_dir, model, processor, tokenizer, params, "4 to 16 (by image size)")
     logger.info("built tiny Qwen2-VL (%d parameters) in %s", n_params, out_dir)
     return out_dir
 
