@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import rejection_align
 from conftest import SENTENCE, run_llamafactory_cli
 from rejection_align.errors import ConfigError
 from rejection_align.hook import patches
@@ -31,16 +30,9 @@ MODEL_SECTION = {"model_name_or_path": "unused", "template": "llava"}
 
 
 @pytest.fixture
-def patched(monkeypatch):
-    """The hook installed, the once-per-process log flag fresh, and the process left as the start-up hook had it."""
-    was_installed = patches.is_installed()
-    rejection_align.install()
+def patched(patched, monkeypatch):
+    """The hook installed (conftest's fixture) with the once-per-process log flag fresh."""
     monkeypatch.setattr(patches, "_LOGGED", set())
-    yield
-    if not was_installed:
-        rejection_align.uninstall()
-    else:
-        rejection_align.install()
 
 
 @pytest.fixture
@@ -109,6 +101,33 @@ def test_a_misspelt_key_is_still_an_error_for_inference_commands(patched):
         get_infer_args({**MODEL_SECTION, "rejection_mask_eso": True})
 
 
+TRAINING_SECTION = {"stage": "sft", "do_train": True, "finetuning_type": "lora", "dataset": "demo_mix",
+                    "output_dir": "saves/x", "learning_rate": 1.0e-4, "num_train_epochs": 3.0, "bf16": True}  # fmt: skip
+
+
+def test_a_whole_training_yaml_parses_for_inference_with_one_line_naming_the_trainer_keys(patched, caplog):
+    from llamafactory.hparams import get_infer_args
+
+    with caplog.at_level(logging.INFO, logger=patches.logger.name):
+        model_args, data_args, finetuning_args, _ = get_infer_args(
+            {**MODEL_SECTION, **TRAINING_SECTION, **REJECTION_SECTION}
+        )
+
+    assert (model_args.model_name_or_path, data_args.dataset, finetuning_args.finetuning_type) == (
+        "unused", ["demo_mix"], "lora",
+    )  # fmt: skip
+    [line] = ignored_lines(caplog)
+    assert "output_dir, learning_rate, num_train_epochs, bf16" in line and "rejection_mask_eos" in line
+    assert "stage" not in line.split("does not use")[1]  # a key inference reads is kept, not ignored
+
+
+def test_a_key_no_llamafactory_parser_knows_is_still_an_error_for_inference(patched):
+    from llamafactory.hparams import get_infer_args
+
+    with pytest.raises(ValueError, match="learning_rat"):
+        get_infer_args({**MODEL_SECTION, **TRAINING_SECTION, "learning_rat": 1.0e-4})
+
+
 def test_the_argv_form_with_an_unquoted_sentence_parses_for_inference(patched):
     from llamafactory.hparams import get_infer_args
 
@@ -175,9 +194,9 @@ def write_yaml(path: Path, config: dict) -> Path:
 
 
 @pytest.mark.slow
-def test_export_runs_with_the_training_yaml_keys_and_logs_one_line(tmp_path, tiny_llava_dir):
+def test_export_runs_on_the_training_yaml_and_logs_one_line(tmp_path, tiny_llava_dir):
     config = {"model_name_or_path": str(tiny_llava_dir), "template": "llava", "export_dir": str(tmp_path / "merged"),
-              "export_device": "cpu", **REJECTION_SECTION}  # fmt: skip
+              "export_device": "cpu", **TRAINING_SECTION, **REJECTION_SECTION}  # fmt: skip
     result = run_cli(tmp_path, "export", str(write_yaml(tmp_path / "export.yaml", config)))
 
     output = result.stdout + result.stderr

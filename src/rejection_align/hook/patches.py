@@ -123,6 +123,28 @@ def _command_name(entry: str) -> str:
     return f"LLaMA-Factory's {entry}"
 
 
+# the dataclasses each non-training parser reads (LLaMA-Factory's own lists, looked up when parsing)
+_ARGS_OF_ENTRY = {"get_infer_args": "_INFER_ARGS", "get_eval_args": "_EVAL_ARGS"}
+
+
+def _training_only_keys(module: Any, entry: str) -> frozenset[str]:
+    """Keys the training parser knows and ``entry``'s parser does not (``output_dir``, ``learning_rate`` ...).
+
+    A training YAML given to ``export``/``chat``/... carries them; they are taken out like ours, while a key that
+    neither parser knows (a typo) still reaches LLaMA-Factory's own check.
+    """
+    import dataclasses
+
+    def names(classes: Any) -> set[str]:
+        return {f.name for cls in classes or () if dataclasses.is_dataclass(cls) for f in dataclasses.fields(cls)}
+
+    train, own = getattr(module, "_TRAIN_ARGS", None), getattr(module, _ARGS_OF_ENTRY.get(entry, ""), None)
+    if not train or not own:
+        return frozenset()
+
+    return frozenset(names(train) - names(own))
+
+
 def _wrap_parse_ignoring(original: Any, entry: str) -> Any:
     """For inference and evaluation: the keys mean nothing there, so they are validated, taken out and ignored.
 
@@ -133,14 +155,22 @@ def _wrap_parse_ignoring(original: Any, entry: str) -> Any:
     def parse_ignoring(args: dict[str, Any] | list[str] | None = None) -> tuple:
         from .settings import rejection_keys, split_settings
 
-        args = sys.modules[PARSER_MODULE].read_args(args)
+        module = sys.modules[PARSER_MODULE]
+        args = module.read_args(args)
         settings, rest = split_settings(args)  # a copy; bad values and misspelt keys are still errors
-        if settings is not None and "ignored" not in _LOGGED:
+        ignored = rejection_keys(args) if settings is not None else []
+        if isinstance(rest, dict):
+            training_only = _training_only_keys(module, entry)
+            trainer_keys = [key for key in rest if key in training_only]
+            rest = {key: value for key, value in rest.items() if key not in training_only}
+            ignored += trainer_keys
+
+        if ignored and "ignored" not in _LOGGED:
             _LOGGED.add("ignored")
             _show_logs_like_llamafactory()
             logger.info(
-                f"rejection-align: {_command_name(entry)} does not use {', '.join(rejection_keys(args))} "
-                "(they only change how training data is tokenized); taken out and ignored"
+                f"rejection-align: {_command_name(entry)} does not use {', '.join(ignored)} "
+                "(they only concern training); taken out and ignored"
             )
 
         return original(rest)
@@ -395,7 +425,9 @@ def status() -> dict[str, Any]:
     from .. import _startup
 
     # internals of modules not imported yet are not checked here (that would import LLaMA-Factory); --check imports them
-    loaded = tuple(group for group, name in (("parser", PARSER_MODULE), ("loader", LOADER_MODULE)) if name in sys.modules)
+    loaded = tuple(
+        group for group, name in (("parser", PARSER_MODULE), ("loader", LOADER_MODULE)) if name in sys.modules
+    )
     internals = compat.report(*loaded) if loaded else {}
     return {
         "llamafactory": _llamafactory_version(),
