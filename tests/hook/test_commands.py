@@ -4,6 +4,7 @@ In-process tests call LLaMA-Factory's own ``get_infer_args`` (``export``, ``chat
 ``get_eval_args`` (its evaluator); the slow ones run ``llamafactory-cli`` on the tiny LLaVA.
 """
 
+import importlib.metadata
 import logging
 import subprocess
 import sys
@@ -176,8 +177,9 @@ def test_the_v1_parser_finds_the_keys_in_the_yaml_named_on_the_command_line(v1_p
 
 
 def test_the_v1_parser_without_the_keys_is_stock(v1_parser):
-    model_args, *_ = v1_parser.get_args({"model": "unused"})
+    parsed = v1_parser.get_args({"model": "unused"})  # the order of the dataclasses differs between versions
 
+    [model_args] = [args for args in parsed if type(args).__name__ == "ModelArguments"]
     assert model_args.model == "unused"
 
 
@@ -219,6 +221,11 @@ def test_chat_accepts_an_unquoted_sentence_in_argv_form(tmp_path, tiny_llava_dir
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.metadata.version("llamafactory") == "0.9.4",
+    reason="LLaMA-Factory 0.9.4's own v1 sft stops before it parses anything (run_sft() missing 'user_args'); "
+    "its v1 parser is patched all the same (test_the_v1_parser_refuses_the_keys_with_a_message_about_v1)",
+)
 def test_use_v1_stops_on_the_keys_with_a_v1_message_not_llamafactorys_generic_one(tmp_path, tiny_llava_dir):
     config = write_yaml(tmp_path / "train.yaml", {"model": str(tiny_llava_dir), **REJECTION_SECTION})
     result = run_cli(tmp_path, "sft", str(config), env={"USE_V1": "1"})

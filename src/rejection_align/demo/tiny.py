@@ -175,13 +175,17 @@ def _is_built(out_dir: Path, params: dict[str, Any]) -> bool:
 
 
 
-def _save_build(out_dir: Path, model: Any, processor: Any, tokenizer: Any, params: dict, n_image_tokens: Any) -> int:
+def _save_build(
+    out_dir: Path, model: Any, processor: Any, tokenizer: Any, params: dict, n_image_tokens: Any, fix_config: Any = None
+) -> int:
     """Save a built model with its processor and tokenizer; the stamp, written last, marks the build finished."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / STAMP_NAME).unlink(missing_ok=True)  # a half-written build must not look finished
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    if fix_config is not None:
+        fix_config(out_dir / "config.json")
     n_params = sum(p.numel() for p in model.parameters())
     stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": n_image_tokens}
     (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
@@ -338,7 +342,36 @@ def build_qwen2_vl_processor(
 
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
-    return Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor)
+    return Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=as_qwen2_tokenizer(tokenizer), video_processor=video_processor
+    )
+
+
+def as_qwen2_tokenizer(tokenizer: Any) -> Any:
+    """The same tokenizer as a ``Qwen2TokenizerFast`` where transformers 4.x's ``Qwen2VLProcessor`` insists on that
+    class (5.x takes any fast tokenizer, and the tokenizer is returned as it is)."""
+    import transformers
+
+    if type(tokenizer).__name__ in ("Qwen2Tokenizer", "Qwen2TokenizerFast") or int(transformers.__version__[0]) >= 5:
+        return tokenizer
+
+    from transformers import Qwen2TokenizerFast
+
+    return Qwen2TokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, **tokenizer.special_tokens_map)
+
+
+def _qwen2_vl_config_for_4x(path: Path) -> None:
+    """transformers 4.x reads a nested ``text_config.model_type`` back as the outer config's ``model_type``
+    (``qwen2_vl_text``), and LLaMA-Factory then misses that the model is Qwen2-VL (no frozen vision tower, LoRA on
+    the merger's ``0``/``2`` layers); the nested key is redundant, so it is left out there."""
+    import transformers
+
+    if int(transformers.__version__[0]) >= 5:
+        return
+
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config.get("text_config", {}).pop("model_type", None)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def build_tiny_qwen2_vl(
@@ -363,7 +396,7 @@ def build_tiny_qwen2_vl(
     import torch
     from transformers import GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    tokenizer = build_tiny_tokenizer(QWEN_SPECIAL_TOKENS, vocab_size=vocab_size)
+    tokenizer = as_qwen2_tokenizer(build_tiny_tokenizer(QWEN_SPECIAL_TOKENS, vocab_size=vocab_size))
     tokenizer.pad_token = "<|endoftext|>"
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.chat_template = None
@@ -420,7 +453,9 @@ def build_tiny_qwen2_vl(
     )
     processor = build_qwen2_vl_processor(tokenizer)
 
-    n_params = _save_build(out_dir, model, processor, tokenizer, params, "4 to 16 (by image size)")
+    n_params = _save_build(
+        out_dir, model, processor, tokenizer, params, "4 to 16 (by image size)", fix_config=_qwen2_vl_config_for_4x
+    )
     logger.info("built tiny Qwen2-VL (%d parameters) in %s", n_params, out_dir)
     return out_dir
 
