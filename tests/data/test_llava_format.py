@@ -1,6 +1,7 @@
 """LLaVA-format files and records: splitting with msgspec, typed validation, error messages, sharegpt conversion."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -357,3 +358,71 @@ def test_convert_style_output_re_encodes_even_plain_records():
     text = PLAIN_TEXTS[1]
     out, _images = sharegpt_bytes(text.encode("utf-8"), copy_plain=False)
     assert out == encode_record(to_sharegpt(json.loads(text)))
+
+
+# ------------------------------------------------------------------------------------------- many records at once
+
+ANSWER_TAG = '[{"from": "human", "value": "<image>\\nQ?"}, {"from": "gpt", "value": "see <image>"}]'
+ESCAPED_ANSWER_TAG = '[{"from": "human", "value": "<image>\\nQ?"}, {"from": "gpt", "value": "\\u003cimage\\u003e"}]'
+ESCAPED_QUESTION_TAG = '[{"from": "human", "value": "\\u003cimage\\u003e\\nQ?"}, {"from": "gpt", "value": "A"}]'
+CHUNK_TEXTS = [  # (a backslash in an id or image sends a chunk one by one: tested below)
+    PLAIN_TEXTS[0],
+    PLAIN_TEXTS[3],
+    '{ "id" : -12 ,\n  "image":"x y é.jpg",\r\n  "conversations" :\n  ' + CONVERSATION + "\n  }",
+    *OTHER_TEXTS,
+    '{"id": "tag", "image": "a.jpg", "conversations": ' + ESCAPED_QUESTION_TAG + "}",  # an escaped tag counts
+    '{"id": "turn-key", "image": "a.jpg", "conversations": '  # an extra key in a turn is ignored, <image> in it too
+    '[{"from": "human", "value": "<image>\\nQ?", "<image>": 1}, {"from": "gpt", "value": "A"}]}',
+]
+
+
+def _chunk_file(tmp_path: Path, texts: list[str]) -> LlavaFile:
+    path = tmp_path / "chunk.json"
+    path.write_text("[\n" + ",\n".join(texts) + "\n]\n", encoding="utf-8")
+    return LlavaFile.read(path)
+
+
+def test_lines_of_many_records_at_once_are_the_lines_made_one_by_one(tmp_path):
+    source = _chunk_file(tmp_path, CHUNK_TEXTS)
+    items = [b'{"id": "ready"}', *range(len(source)), b'{"id": "ready2"}']
+    lines, images = source.sharegpt_lines(items)
+    one_by_one = [item if isinstance(item, bytes) else source.sharegpt(item) for item in items]
+    assert lines == [item if isinstance(item, bytes) else item[0] for item in one_by_one]
+    assert images == [image for item in one_by_one if not isinstance(item, bytes) for image in item[1]]
+
+
+@pytest.mark.parametrize(
+    ("conversation", "expected"),
+    [
+        (ANSWER_TAG, "record 1 (id 'bad'): turn 1 (gpt) contains '<image>'"),
+        (ESCAPED_ANSWER_TAG, "record 1 (id 'bad'): turn 1 (gpt) contains '<image>'"),
+        (CONVERSATION.replace("<image>\\n", ""), "record 1 (id 'bad'): got 0 <image> tags in the human turns"),
+    ],
+)
+def test_a_bad_plain_record_leaves_its_chunk_to_the_one_by_one_path_which_names_it(tmp_path, conversation, expected):
+    source = _chunk_file(
+        tmp_path, [PLAIN_TEXTS[0], '{"id": "bad", "image": "a.jpg", "conversations": ' + conversation + "}"]
+    )
+    assert source.sharegpt_lines([0, 1]) is None
+    with pytest.raises(DataError, match=re.escape(expected)):
+        source.sharegpt(1)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        PLAIN_TEXTS[1],  # an escape in the image
+        PLAIN_TEXTS[2],  # escapes in the id
+        '{"id": "a", "image": "", "conversations": ' + CONVERSATION.replace("<image>\\n", "") + "}",  # empty image
+    ],
+)
+def test_a_plain_record_in_doubt_leaves_its_chunk_to_the_one_by_one_path(tmp_path, text):
+    source = _chunk_file(tmp_path, [PLAIN_TEXTS[0], text])
+    assert source.sharegpt_lines([0, 1]) is None
+
+
+def test_a_bad_record_of_another_layout_is_named_after_the_plain_ones_are_checked(tmp_path):
+    bad = '{"conversations": ' + ANSWER_TAG + ', "id": "late", "image": "a.jpg"}'
+    source = _chunk_file(tmp_path, [PLAIN_TEXTS[0], bad, PLAIN_TEXTS[3]])
+    with pytest.raises(DataError, match=re.escape("record 1 (id 'late'): turn 1 (gpt) contains '<image>'")):
+        source.sharegpt_lines([0, 1, 2])

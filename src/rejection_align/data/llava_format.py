@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,7 @@ _SPLIT = msgspec.json.Decoder(list[msgspec.Raw])
 _RECORD = msgspec.json.Decoder(LlavaRecord)
 _RECORDS = msgspec.json.Decoder(list[LlavaRecord])
 _TURNS = msgspec.json.Decoder(list[Turn])
+_TURNS_OF = msgspec.json.Decoder(list[list[Turn]])
 _ID = msgspec.json.Decoder(_IdOnly)
 _IDS = msgspec.json.Decoder(list[_IdOnly])
 _ANY = msgspec.json.Decoder()
@@ -420,6 +422,51 @@ def plain_sharegpt_bytes(raw: Any) -> tuple[bytes, list[str]] | None:
     ), images
 
 
+# A whole plain-layout record (see plain_sharegpt_bytes): the id's content (a string's, or an integer), the image
+# literal, and the conversations up to the last "]" before the closing brace (a key after them: another layout)
+_PLAIN_RECORD = re.compile(
+    rf'\{{{_WS}"id"{_WS}:{_WS}(?:"([^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*)"|(-?(?:0|[1-9][0-9]*))){_WS},{_WS}'
+    rf'(?:"image"{_WS}:{_WS}({_STRING}){_WS},{_WS})?"conversations"{_WS}:{_WS}'
+    r"((?s:.*)\])[ \t\n\r]*\}\Z".encode()
+)
+_PLAIN_LINE = b'{"id": "%b%b", "image": [%b], "conversations": %b}'
+_GROUPS = operator.methodcaller("groups", b"")
+_CONVERSATION_OF = operator.itemgetter(3)
+_IMAGE_LITERAL_OF = operator.itemgetter(2)
+_ONE_LINE = operator.methodcaller("translate", None, b"\r\n")  # JSON strings hold no raw line breaks
+
+
+def _interleave(items: list[Any], separator: Any) -> list[Any]:
+    """``[a, sep, b, sep, c]`` in list operations."""
+    out = [separator] * (2 * len(items) - 1) if items else []
+    out[0::2] = items
+    return out
+
+
+def plain_sharegpt_lines(groups: list[tuple[bytes, bytes, bytes, bytes]]) -> list[bytes] | None:
+    """:func:`plain_sharegpt_bytes` of many plain-layout records (``_PLAIN_RECORD``'s groups).
+
+    The turns of all the records are decoded in one parse and checked in list operations (:func:`_all_turns_ok`),
+    the id and image literals in one UTF-8 decode; each line is made by one ``%`` and one translate. None when any
+    record is in doubt (a broken rule, a backslash in a literal, an empty image): then go one by one, which names the
+    first bad record. Never a different line.
+    """
+    if not groups:
+        return []
+    literals = b"".join(itertools.chain.from_iterable(map(operator.itemgetter(0, 1, 2), groups)))
+    image_literals = list(map(_IMAGE_LITERAL_OF, groups))
+    if b"\\" in literals or b'""' in image_literals:
+        return None
+    try:
+        literals.decode("utf-8")
+        turns_of = _TURNS_OF.decode(b"".join([b"[", *_interleave(list(map(_CONVERSATION_OF, groups)), b","), b"]"]))
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
+        return None
+    if len(turns_of) != len(groups) or not _all_turns_ok(turns_of, list(map(bool, image_literals))):
+        return None
+    return list(map(_ONE_LINE, map(_PLAIN_LINE.__mod__, groups)))
+
+
 def sharegpt_bytes(raw: Any, copy_plain: bool = True) -> tuple[bytes, list[str]]:
     """A validated record's sharegpt output line and its images.
 
@@ -491,11 +538,19 @@ class JsonArrayWriter:
         if self._batch_bytes >= 4 << 20:
             self._flush()
 
+    def write_lines(self, lines: list[bytes]) -> None:
+        """Write records already encoded as JSON (each one line, no trailing comma)."""
+        self._batch += lines
+        self._batch_bytes += sum(map(len, lines))
+        self.count += len(lines)
+        if self._batch_bytes >= 4 << 20:
+            self._flush()
+
     def _flush(self) -> None:
         if not self._batch:
             return
-        prefix = b",\n" if self.bytes_written else b"[\n"
-        self._emit(prefix + b",\n".join(self._batch))
+        self._emit(b",\n" if self.bytes_written else b"[\n")  # (not joined to the batch: one copy less)
+        self._emit(b",\n".join(self._batch))
         self._batch = []
         self._batch_bytes = 0
 
@@ -620,6 +675,41 @@ class LlavaFile:
         # any other layout, or a bad record: the typed decoder validates it (and words the error)
         self.record(index)
         return sharegpt_bytes(raw, copy_plain=False)
+
+    def sharegpt_lines(self, items: list[Any], with_images: bool = True) -> tuple[list[bytes], list[str]] | None:
+        """The lines of ``items`` (a ready line, or the index of a record to validate and convert as :meth:`sharegpt`
+        does), and the images of the records; the same bytes as :meth:`sharegpt` one by one.
+
+        Plain-layout records are checked and made together (:func:`plain_sharegpt_lines`), the others one by one
+        after them; None when a plain one is in doubt: then go one by one, which names the first bad record.
+        """
+        positions = [position for position, item in enumerate(items) if type(item) is int]
+        indices = list(map(items.__getitem__, positions))
+        matches = list(map(_PLAIN_RECORD.match, map(self.raws.__getitem__, indices)))
+        is_plain = list(map(operator.is_not, matches, itertools.repeat(None)))
+        groups = list(map(_GROUPS, itertools.compress(matches, is_plain)))
+        lines = plain_sharegpt_lines(groups)
+        if lines is None:
+            return None
+        out = list(items)
+        all_plain = all(is_plain)
+        deque(map(out.__setitem__, itertools.compress(positions, is_plain), lines), maxlen=0)
+        images_of: dict[int, list[str]] = {}
+        if not all_plain:  # another layout: one by one, in order (the plain ones are all valid)
+            for position, plain in zip(positions, is_plain):
+                if not plain:
+                    out[position], images_of[position] = self.sharegpt(out[position])
+        images: list[str] = []
+        if with_images:
+            plain_images = iter(map(_IMAGE_LITERAL_OF, groups))
+            for position, plain in zip(positions, is_plain):
+                if plain:
+                    literal = next(plain_images)
+                    if literal:
+                        images.append(literal[1:-1].decode("utf-8"))
+                else:
+                    images += images_of[position]
+        return out, images
 
     def flags(self) -> list[int]:
         """:func:`check_record`'s flags of every record, each validated (a :class:`DataError` for the first bad one).
