@@ -36,7 +36,7 @@ def trained(tiny_qwen2_vl, tmp_path_factory) -> Path:
     mix = ["mix", "--rejection-source", str(DEMO_DATA / "rejection_source.json")]
     mix += ["--instruct", str(DEMO_DATA / "instruct.json"), "--n-rejection", "6", "--n-instruct", "10"]
     mix += ["--random-turn", "--seed", "0", "--output", str(data), "--name", "qmix"]
-    assert main([*mix, "--dataset-info", str(data / "dataset_info.json"), "--no-cache"]) == 0
+    assert main([*mix, "--dataset-info", str(data / "dataset_info.json")]) == 0
     config = {
         "model_name_or_path": str(tiny_qwen2_vl),
         "stage": "sft",

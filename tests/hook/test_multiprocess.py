@@ -40,7 +40,6 @@ def torchrun_run(tmp_path_factory, tiny_llava_dir):
             "--output", str(data_dir),
             "--name", "demo_mix",
             "--dataset-info", str(data_dir / "dataset_info.json"),
-            "--no-cache",
         ]
     )  # fmt: skip
     assert status == 0

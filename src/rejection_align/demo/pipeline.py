@@ -296,7 +296,6 @@ def run(args: argparse.Namespace) -> int:
                 "--name", DATASET_NAME,
                 "--dataset-info", str(data_dir / "dataset_info.json"),
                 "--image-dir", str(data),  # every image of the mix must exist
-                "--no-cache",  # small files: no index cache in the user's home
             ]
         )  # fmt: skip
         print(_indent(printed))
