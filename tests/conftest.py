@@ -101,6 +101,17 @@ def llava_record(rid, *pairs, image=None, **extra):
     return out
 
 
+def stop_other_threads() -> None:
+    """Forked helpers only run in a process with no other thread; progress bars of earlier tests leave tqdm's
+    monitor thread behind: stop it."""
+    import threading
+
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "TMonitor":  # (tqdm starts a new one when a later bar needs it)
+            thread.exit()
+    assert threading.active_count() == 1, threading.enumerate()
+
+
 @pytest.fixture
 def patched():
     """The hook installed for the test, and the process left as the start-up hook had it afterwards."""

@@ -167,6 +167,67 @@ def test_record_whose_every_question_is_a_what_about_follow_up_is_flagged():
     assert not check(mixed) & FLAG_ALL_WHAT_ABOUT
 
 
+def test_follow_ups_only_marks_the_records_whose_every_question_is_what_about(tmp_path):
+    follow_ups = record("x", ("What about the dog?", "Brown."), ("WHAT ABOUT the cat?", "Grey."))
+    mixed = record("y", ("What is it?", "A dog."), ("What about the cat?", "Grey."))
+    path = write_json(tmp_path / "f.json", [mixed, follow_ups, mixed, follow_ups, follow_ups])
+    assert LlavaFile.read(path).follow_ups_only() == [False, True, False, True, True]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"id": "b", "conversations": []},
+        {"id": "b", "conversations": [{"from": "human", "value": "What about it?"}]},
+        {"id": "b", "conversations": "What about it?"},
+        {"id": "b", "image": 5, "conversations": [{"from": "human", "value": "What about it?"}] * 2},
+    ],
+    ids=["no-turns", "odd-turns", "not-a-list", "bad-image"],
+)
+def test_follow_ups_only_counts_a_record_that_breaks_a_rule_as_usable_to_refuse_it_when_drawn(tmp_path, bad):
+    follow_ups = record("x", ("What about the dog?", "Brown."))
+    path = write_json(tmp_path / "f.json", [follow_ups, bad, follow_ups])
+    source = LlavaFile.read(path)
+    assert source.follow_ups_only() == [True, False, True]
+    source.check([0, 2])
+    with pytest.raises(DataError, match=r"record 1 \(id 'b'\)"):
+        source.check([2, 1, 0])
+
+
+def test_check_names_the_first_bad_record_in_the_files_order(tmp_path):
+    good = record("g", ("Q?", "A."))
+    records = [good, record("b1", ("Q?", " ")), good, record("b2", ("Q?", ""))]
+    source = LlavaFile.read(write_json(tmp_path / "f.json", records))
+    source.check([0, 2])
+    with pytest.raises(DataError, match=r"record 1 \(id 'b1'\): turn 1 \(gpt\) has an empty value"):
+        source.check([3, 2, 1])
+
+
+def test_a_file_is_mapped_not_copied_and_an_empty_one_is_still_an_error(tmp_path):
+    import mmap
+
+    path = write_json(tmp_path / "f.json", [IMAGE_RECORD])
+    with open(path, "rb") as handle:
+        assert isinstance(llava_format._map_or_read(handle), mmap.mmap)
+    (tmp_path / "empty.json").write_bytes(b"")
+    with pytest.raises(DataError, match="empty file, expected a JSON array"):
+        LlavaFile.read(tmp_path / "empty.json")
+
+
+def test_the_writer_syncs_its_file_to_disk_as_it_goes(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(llava_format, "SYNC_BYTES", 100)
+    monkeypatch.setattr(llava_format.os, "fdatasync", synced.append)
+    with open(tmp_path / "out.json", "wb") as handle:
+        writer = llava_format.JsonArrayWriter(handle)
+        for _ in range(3):
+            writer.write_bytes(b"x" * 50)
+            writer._flush()  # (a batch is 4 MiB: flush each record here)
+        writer.close()
+        assert synced and set(synced) == {handle.fileno()}
+    assert (tmp_path / "out.json").read_bytes() == b"[\n" + b",\n".join([b"x" * 50] * 3) + b"\n]\n"
+
+
 def test_record_nested_too_deeply_is_an_error_naming_the_record_not_a_recursion_error(tmp_path):
     deep = "[" * 1500 + "]" * 1500
     path = tmp_path / "deep.json"

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import llava_record as record
+from conftest import stop_other_threads
 from rejection_align import __version__
 from rejection_align.cli import main
 from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE
@@ -612,7 +614,7 @@ def test_a_deeply_nested_record_is_an_error_naming_it_not_a_recursion_error(work
     records = json.loads(work.rejection.read_text())
     records[5]["extra"] = "DEEP"
     work.rejection.write_text(json.dumps(records).replace('"DEEP"', "[" * 1200 + "]" * 1200))
-    assert work.run("--n-rejection", "2", "--name", "m") == 2
+    assert work.run("--name", "m") == 2  # (every record drawn: a record is validated when it is drawn)
     err = capsys.readouterr().err
     assert f"{work.rejection}: record 5: nested too deeply" in err
     assert "Traceback" not in err
@@ -730,3 +732,129 @@ def test_records_of_every_layout_are_written_as_their_sharegpt_form(work):
     lines = (work.data / "a.json").read_bytes().split(b"\n")
     assert len(lines) == len(records) + 3  # "[", one line per record, "]", ""
     assert (work.data / "a.json").read_bytes() == (work.data / "b.json").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------- forked helpers
+
+
+def fork_helpers(monkeypatch) -> list[bool]:
+    """Lower the thresholds so that the small test files take the forked paths (ids, then every other chunk of 3
+    records); return the list of Forked.start results, to prove the children ran."""
+    from rejection_align.data import forked, llava_format, mix
+
+    stop_other_threads()
+    started: list[bool] = []
+    real_start = forked.Forked.start.__func__
+
+    def spy(cls, work):
+        child = real_start(cls, work)
+        started.append(child is not None)
+        return child
+
+    monkeypatch.setattr(forked.Forked, "start", classmethod(spy))
+    monkeypatch.setattr(llava_format, "IDS_IN_CHILD_BYTES", 1)
+    monkeypatch.setattr(mix, "LINES_IN_CHILD_RECORDS", 1)
+    monkeypatch.setattr(mix, "_CHUNK", 3)
+    return started
+
+
+def no_child_left() -> bool:
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def comparable(manifest: dict) -> dict:
+    """A manifest without what names the output."""
+    manifest["options"]["name"] = manifest["output"]["file"] = manifest["dataset"] = None
+    return manifest
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        (),
+        ("--random-turn", "--n-instruct", "70"),
+        ("--similar", "--n-rejection", "10", "--seed", "3"),
+        ("--rejection-ratio", "0.2", "--reply", "No.", "Sorry."),
+    ],
+    ids=["all", "random-turn", "similar", "ratio-replies"],
+)
+def test_a_mix_made_with_forked_helpers_has_the_bytes_of_one_made_alone(work, monkeypatch, options):
+    assert work.run(*options, "--name", "alone") == 0
+    started = fork_helpers(monkeypatch)
+    assert work.run(*options, "--name", "forked") == 0
+    assert started == [True, True]  # the ids child, then the lines child
+    assert (work.data / "forked.json").read_bytes() == (work.data / "alone.json").read_bytes()
+    assert comparable(work.manifest("forked")) == comparable(work.manifest("alone"))
+    assert no_child_left()
+
+
+def test_images_of_chunks_made_by_the_child_are_checked_in_order(work, monkeypatch, caplog, tmp_path):
+    images = tmp_path / "images" / "img"
+    images.mkdir(parents=True)
+    for i in range(0, 100, 3):
+        (images / f"{i if i % 2 else f'{i:06d}'}.jpg").touch()
+    args = ("--image-dir", str(images.parent), "--allow-missing-images")
+    with caplog.at_level(logging.WARNING):
+        assert work.run(*args, "--name", "alone") == 0
+        alone = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
+        caplog.clear()
+        started = fork_helpers(monkeypatch)
+        assert work.run(*args, "--name", "forked") == 0
+        forked = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
+    assert started == [True, True]
+    assert forked == alone and "images are missing" in alone[0]
+    assert (work.data / "forked.json").read_bytes() == (work.data / "alone.json").read_bytes()
+
+
+@pytest.mark.parametrize("maker", ["parent", "child"])
+def test_a_bad_instruct_record_is_named_as_without_helpers_whichever_process_makes_it(
+    work, monkeypatch, capsys, maker
+):
+    assert work.run("--name", "good", "--no-register") == 0
+    # an instruct record in an even chunk of 3 (made by this process) or an odd one (made by the child)
+    order = [rec["id"] for rec in work.output("good")]
+    instruct_ids = {str(rec["id"]) for rec in json.loads(work.instruct.read_text())}
+    position = next(
+        p for p, rid in enumerate(order) if rid in instruct_ids and (p // 3) % 2 == (maker == "child") and p > 20
+    )
+    records = json.loads(work.instruct.read_text())
+    bad = next(i for i, rec in enumerate(records) if str(rec["id"]) == order[position])
+    records[bad]["conversations"][1]["value"] = " "
+    write_json(work.instruct, records)
+    capsys.readouterr()
+    assert work.run("--name", "m") == 2
+    alone = capsys.readouterr().err
+    started = fork_helpers(monkeypatch)
+    assert work.run("--name", "m") == 2
+    assert capsys.readouterr().err == alone
+    assert f"record {bad} (id {records[bad]['id']!r}): turn 1 (gpt) has an empty value" in alone
+    assert started == [True, True]
+    assert [name for name in work.files() if name.startswith("m")] == []
+    assert no_child_left()
+
+
+def test_a_bad_id_met_by_the_ids_child_is_named_as_without_it(work, monkeypatch, capsys):
+    records = json.loads(work.instruct.read_text())
+    records[61]["id"] = 1.5
+    write_json(work.instruct, records)
+    assert work.run("--name", "m") == 2
+    alone = capsys.readouterr().err
+    started = fork_helpers(monkeypatch)
+    assert work.run("--name", "m") == 2
+    assert capsys.readouterr().err == alone
+    assert "record 61 has id 1.5 (number), expected a string or an integer" in alone
+    assert started == [True]  # no lines child: the error came first
+    assert no_child_left()
+
+
+def test_random_turn_does_not_refuse_a_bad_source_record_it_does_not_draw(work):
+    records = json.loads(work.rejection.read_text())
+    records[5]["conversations"] = records[5]["conversations"][:1]  # one turn: refused if drawn
+    write_json(work.rejection, records)
+    assert work.run("--n-rejection", "3", "--n-instruct", "0", "--random-turn", "--name", "m") == 0
+    assert "med5" not in {rec["id"] for rec in work.output("m")}
+    assert work.run("--n-rejection", "40", "--n-instruct", "0", "--random-turn", "--name", "all") == 2

@@ -21,17 +21,19 @@ import operator
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from .. import __version__
 from ..errors import DataError
 from ..files import atomic_open
+from .forked import Forked
 from .llava_format import (
     DEFAULT_REJECTION_SENTENCE,
-    FLAG_ALL_WHAT_ABOUT,
     GPT,
     HUMAN,
     IMAGE_TAG,
@@ -62,6 +64,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42
 _CHUNK = 128  # records checked and made together (LlavaFile.sharegpt_lines); more overflow the CPU caches: slower
+#: mixes at least this large have every other chunk made by a forked child (_lines_in_child)
+LINES_IN_CHILD_RECORDS = 32_768
+_IMAGES = msgspec.msgpack.Decoder(list[str])
 _NAME_RE = re.compile(r"^[^/\\\x00]+$")
 
 
@@ -117,7 +122,7 @@ def make_rejection_record(record: dict, reply: str, rng: random.Random | None) -
     With --random-turn the record is reduced to one human/gpt pair whose question is not a "what about" follow-up,
     and the image tags (one per image) are put at the front of that question as ``<image>\\n``, so the tag count still
     equals the image count. Records whose every question is such a follow-up never get here (they are excluded from
-    the sample by their index flag).
+    the sample by :meth:`LlavaFile.follow_ups_only`).
     """
     conversations = record["conversations"]
     if rng is None:
@@ -208,24 +213,30 @@ def mix(options: MixOptions) -> MixResult:
 
 
 def _mix(options: MixOptions) -> MixResult:
-    ratio = options.rejection_ratio
-    take_all_instruct = options.n_instruct is None
     labels = {"--rejection-source": options.rejection_source, "--instruct": options.instruct}
     check_output_dir(options.output)
     if options.name is not None:  # the name is known: refuse a bad output before reading 1 GB
         _check_outputs(options, options.name, labels)
 
-    instruct = LlavaFile.read(options.instruct)
+    instruct = LlavaFile.read(options.instruct, ids_in_child=True)  # its ids come while the source is checked
+    try:
+        return _mix_files(options, labels, instruct)
+    finally:
+        instruct.close()
+
+
+def _mix_files(options: MixOptions, labels: dict[str, Path], instruct: LlavaFile) -> MixResult:
+    ratio = options.rejection_ratio
+    take_all_instruct = options.n_instruct is None
     source = LlavaFile.read(options.rejection_source)
-    # file 1, the small one, is validated whole: --random-turn needs to know which records it can use
-    flags1 = source.flags()
     ids1 = source.ids()
-    ids2 = instruct.ids()
     logger.info("%s: %d records; %s: %d records", source.label, len(source), instruct.label, len(instruct))
 
     # file 1: the records usable as rejection examples
     if options.random_turn:
-        population1: Sequence[int] = [i for i, flag in enumerate(flags1) if not flag & FLAG_ALL_WHAT_ABOUT]
+        population1: Sequence[int] = list(
+            itertools.compress(range(len(source)), map(operator.not_, source.follow_ups_only()))
+        )
     else:
         population1 = range(len(source))
     skipped_what_about = len(source) - len(population1)
@@ -260,6 +271,7 @@ def _mix(options: MixOptions) -> MixResult:
     sample1 = _rng(options.seed, "rejection").sample(population1, n1)
 
     # file 2: excluding the ids drawn from file 1 (or, with --similar, only those ids); ids compare as strings
+    ids2 = instruct.ids()  # (asked for as late as possible: they come from a child process)
     drawn = {ids1[i] for i in sample1}
     in_drawn = map(drawn.__contains__, ids2)  # (list operations in C: ids2 may hold 665k ids)
     if options.similar:
@@ -288,7 +300,9 @@ def _mix(options: MixOptions) -> MixResult:
             "nothing written"
         )
 
-    # the rejection records, made now (few); the instruct records are validated and encoded as they are written
+    # the rejection records, validated and made now (few); the instruct records are validated and encoded as they
+    # are written
+    source.check(sample1)
     turn_rng = _rng(options.seed, "turn") if options.random_turn else None
     reply_rng = _rng(options.seed, "reply")
     mixed: list[bytes | int] = []  # a rejection record's sharegpt JSON line, or the index of an instruct record
@@ -317,35 +331,84 @@ def _mix(options: MixOptions) -> MixResult:
         "instruct_excluded_by_id": excluded,
         "instruct_eligible_similar": len(population2) if options.similar else None,
     }
-    with atomic_open(output, "wb") as handle:
-        digest = hashlib.sha256()
-        with_images = options.image_dir is not None
-        with JsonArrayWriter(handle, digest) as writer:
-            for start in range(0, len(mixed), _CHUNK):
-                chunk = mixed[start : start + _CHUNK]
-                lines = instruct.sharegpt_lines(chunk, with_images)  # validated on the way, many records at once
-                if lines is not None:
-                    writer.write_lines(lines[0])
-                    images += lines[1]
-                    continue
-                for item in chunk:  # one by one: names the first bad record
-                    if type(item) is int:
-                        data, record_images_ = instruct.sharegpt(item)
-                        images += record_images_
-                        writer.write_bytes(data)
-                    else:
-                        writer.write_bytes(item)
-            writer.close()
-        if options.image_dir is not None:
-            _check_images(images, options)
-        manifest = _manifest(options, name, source, instruct, counts, output, digest.hexdigest(), writer, entry)
-        with atomic_open(manifest_path, "w") as manifest_handle:
-            manifest_handle.write(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
+    with_images = options.image_dir is not None
+    chunks = [mixed[start : start + _CHUNK] for start in range(0, len(mixed), _CHUNK)]
+    source.sha256, instruct.sha256  # noqa: B018 (their threads joined: none of ours may run when a child is forked)
+    child = _lines_in_child(instruct, chunks, with_images) if len(mixed) >= LINES_IN_CHILD_RECORDS else None
+    try:
+        with atomic_open(output, "wb") as handle:
+            digest = hashlib.sha256()
+            with JsonArrayWriter(handle, digest) as writer:
+                for number, chunk in enumerate(chunks):
+                    if child is not None and number % 2:
+                        made = _receive_chunk(child, with_images)
+                        if made is not None:
+                            writer.write_joined(made[0], len(chunk))
+                            images += made[1]
+                            continue
+                        child.close()  # it failed: the rest is made here, which names any bad record
+                        child = None
+                    lines, chunk_images = _chunk_lines(instruct, chunk, with_images)
+                    writer.write_lines(lines)
+                    images += chunk_images
+                writer.close()
+            if options.image_dir is not None:
+                _check_images(images, options)
+            manifest = _manifest(options, name, source, instruct, counts, output, digest.hexdigest(), writer, entry)
+            with atomic_open(manifest_path, "w") as manifest_handle:
+                manifest_handle.write(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n")
+    finally:
+        if child is not None:
+            child.close()
     # registered last, once both files are in place: a failure before leaves no entry without its file
     registration = None
     if entry is not None:
         registration = register_dataset(options.dataset_info, name, entry, force=options.force)
     return MixResult(output, manifest_path, name, n1, n2, registration, counts)
+
+
+def _chunk_lines(instruct: LlavaFile, chunk: list[bytes | int], with_images: bool) -> tuple[list[bytes], list[str]]:
+    """The output lines of a chunk of the mix (a ready line, or the index of an instruct record to validate and
+    convert), and the images of its instruct records; a :class:`DataError` names the first bad record."""
+    made = instruct.sharegpt_lines(chunk, with_images)  # validated on the way, many records at once
+    if made is not None:
+        return made
+    lines: list[bytes] = []
+    images: list[str] = []
+    for item in chunk:  # one by one: names the first bad record
+        if type(item) is int:
+            line, record_images_ = instruct.sharegpt(item)
+            images += record_images_
+            lines.append(line)
+        else:
+            lines.append(item)
+    return lines, images
+
+
+def _lines_in_child(instruct: LlavaFile, chunks: list[list[bytes | int]], with_images: bool) -> Forked | None:
+    """A forked child that makes every other chunk (the odd ones) while this process makes the even ones.
+
+    Checking and converting the 665k records of a full mix is most of its time, and all of it holds the GIL. The
+    child sends each chunk's joined lines (then, with images, their msgpack list); it stops at a bad record, and this
+    process then makes the rest itself (:func:`_receive_chunk` gives None).
+    """
+
+    def work(send: Callable[[bytes], None]) -> None:
+        for chunk in chunks[1::2]:
+            lines, chunk_images = _chunk_lines(instruct, chunk, with_images)
+            send(b",\n".join(lines))
+            if with_images:
+                send(msgspec.msgpack.encode(chunk_images))
+
+    return Forked.start(work)
+
+
+def _receive_chunk(child: Forked, with_images: bool) -> tuple[bytes, list[str]] | None:
+    joined = child.receive()
+    if joined is None or not with_images:
+        return None if joined is None else (joined, [])
+    images = child.receive()
+    return None if images is None else (joined, _IMAGES.decode(images))
 
 
 def _check_outputs(
