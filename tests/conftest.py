@@ -102,13 +102,15 @@ def llava_record(rid, *pairs, image=None, **extra):
 
 
 def stop_other_threads() -> None:
-    """Forked helpers only run in a process with no other thread; progress bars of earlier tests leave tqdm's
-    monitor thread behind: stop it."""
+    """Forked helpers only run in a process with no other thread: stop the tqdm monitor that progress bars of
+    earlier tests leave behind, and wait for short-lived threads (the sha256 of a file read by a mix that failed)."""
     import threading
 
     for thread in threading.enumerate():
         if type(thread).__name__ == "TMonitor":  # (tqdm starts a new one when a later bar needs it)
             thread.exit()
+        elif thread is not threading.current_thread():
+            thread.join(timeout=60)
     assert threading.active_count() == 1, threading.enumerate()
 
 

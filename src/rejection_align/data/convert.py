@@ -23,6 +23,7 @@ from .llava_format import (
     missing_images_message,
     sharegpt_bytes,
 )
+from .progress import records_bar
 from .registry import (
     DEFAULT_DATASET_INFO,
     add_deprecated_cache_arguments,
@@ -75,8 +76,10 @@ def convert(
     images: list[str] = []
     with gc_paused(), atomic_open(output, "wb") as handle:
         digest = hashlib.sha256()
-        with JsonArrayWriter(handle, digest) as writer:
+        with JsonArrayWriter(handle, digest) as writer, records_bar(len(source), "convert") as bar:
             for index, raw in enumerate(source.raws):
+                if not index & 4095:
+                    bar.update(min(4096, len(source) - index))
                 source.record(index)  # validates it
                 data, record_images = sharegpt_bytes(raw, copy_plain=False)
                 if image_dir is not None:

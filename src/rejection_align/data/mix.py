@@ -47,6 +47,7 @@ from .llava_format import (
     record_images,
     to_sharegpt,
 )
+from .progress import records_bar
 from .registry import (
     DEFAULT_DATASET_INFO,
     add_deprecated_cache_arguments,
@@ -338,8 +339,9 @@ def _mix_files(options: MixOptions, labels: dict[str, Path], instruct: LlavaFile
     try:
         with atomic_open(output, "wb") as handle:
             digest = hashlib.sha256()
-            with JsonArrayWriter(handle, digest) as writer:
+            with JsonArrayWriter(handle, digest) as writer, records_bar(len(mixed), "mix") as bar:
                 for number, chunk in enumerate(chunks):
+                    bar.update(len(chunk))
                     if child is not None and number % 2:
                         made = _receive_chunk(child, with_images)
                         if made is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .llava_format import DEFAULT_REJECTION_SENTENCE, LlavaFile, gc_paused
+from .progress import records_bar
 
 
 @dataclass
@@ -53,8 +54,10 @@ def file_stats(
 
     source = LlavaFile.read(path)
     ids: list[str] = []
-    with gc_paused():
+    with gc_paused(), records_bar(len(source), "stats") as bar:
         for index in range(len(source)):
+            if not index & 4095:
+                bar.update(min(4096, len(source) - index))
             record = source.record(index)  # validated
             conversations = record.conversations
             stats.turns += len(conversations)
