@@ -114,6 +114,15 @@ def stop_other_threads() -> None:
     assert threading.active_count() == 1, threading.enumerate()
 
 
+def no_child_left() -> bool:
+    """Whether this process has no child process left (running, or exited and not reaped)."""
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
 @pytest.fixture
 def patched():
     """The hook installed for the test, and the process left as the start-up hook had it afterwards."""

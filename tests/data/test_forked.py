@@ -1,21 +1,12 @@
 """Forked helpers of the data commands: frames in order, a failing child, no fork beside threads, clean-up."""
 
-import os
 import threading
 import time
 
 import pytest
 
-from conftest import stop_other_threads
+from conftest import no_child_left, stop_other_threads
 from rejection_align.data.forked import Forked
-
-
-def no_child_left() -> bool:
-    try:
-        os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return False
 
 
 def start(work) -> Forked:

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import llava_record as record
-from conftest import stop_other_threads
+from conftest import no_child_left, stop_other_threads
 from rejection_align import __version__
 from rejection_align.cli import main
 from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE
@@ -756,14 +755,6 @@ def fork_helpers(monkeypatch) -> list[bool]:
     monkeypatch.setattr(mix, "LINES_IN_CHILD_RECORDS", 1)
     monkeypatch.setattr(mix, "_CHUNK", 3)
     return started
-
-
-def no_child_left() -> bool:
-    try:
-        os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return False
 
 
 def comparable(manifest: dict) -> dict:

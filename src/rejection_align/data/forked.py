@@ -3,7 +3,8 @@
 A forked child shares the parent's memory copy-on-write (the mapped input file, its split records) at no cost. It runs
 one function that sends byte frames back through a pipe, then leaves with ``os._exit``, so none of the parent's
 clean-up (temporary files, ``atexit``, buffered output) runs twice. A child is only forked from a process with no
-other thread: forking one that has threads can deadlock the child. A child that fails (a bad record, a crash, a kill)
+other Python thread: forking beside one can deadlock the child on a lock it held (native threads of C libraries such
+as BLAS run no Python code, and glibc's malloc is fork-safe). A child that fails (a bad record, a crash, a kill)
 just stops sending; the caller then does the rest itself, which also names any bad record exactly as it would have
 without a child.
 """
