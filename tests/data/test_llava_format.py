@@ -343,6 +343,106 @@ def test_invalid_utf8_inside_a_record_names_the_record(tmp_path):
         LlavaFile.read(path).record(0)
 
 
+def test_invalid_utf8_in_an_id_is_named_by_the_id_pass_too(tmp_path):
+    path = tmp_path / "f.json"
+    path.write_bytes(b'[{"id": "a", "conversations": []}, {"id": "b\xc3(", "conversations": []}]')
+    with pytest.raises(DataError) as err:
+        LlavaFile.read(path).ids()
+    assert str(err.value) == f"{path}: record 1: not valid UTF-8 (byte 0xc3 at byte 9 of the record)"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'[{"id": "a\\x"}]', "record 0: not valid JSON: invalid escaped character at line 1, column 12 (byte 11)"),
+        (b'[{"id": "a\x01"}]', "record 0: not valid JSON: invalid character at line 1, column 11 (byte 10)"),
+        (b'[{"id": "\\u12"}]', "record 0: not valid JSON: invalid character in unicode escape at line 1, column 14"),
+        (b'[{"id": "\\udc00"}]', "record 0: not valid JSON: invalid utf-16 surrogate pair at line 1, column 16"),
+        (b'[{"id": 01}]', "record 0: not valid JSON: invalid number at line 1, column 10 (byte 9)"),
+        (b'[{"id": 1.}]', "record 0: not valid JSON: invalid number at line 1, column 11 (byte 10)"),
+        (b'[{"id" "a"}]', "record 0: not valid JSON: expected ':' at line 1, column 8 (byte 7)"),
+        (b"[{1: 2}]", "record 0: not valid JSON: expected '\"' at line 1, column 3 (byte 2)"),
+        (b'[{"id": "a",}]', "record 0: not valid JSON: trailing comma in object at line 1, column 13 (byte 12)"),
+        (b'[{"id": "a"]', "record 0: not valid JSON: expected ',' or '}' at line 1, column 12 (byte 11)"),
+        (b'[{"id": "a"}, {"id": "b"}, {"id": "c"}, ]', "record 3: not valid JSON: trailing comma in array at line 1"),
+        (b'[{"id": "a"}]]', "not valid JSON: trailing characters at line 1, column 14 (byte 13)"),
+        (b'[{"id": "a"}, {"id": "b"', "record 1: not valid JSON: the file ends inside the array (truncated)"),
+        (b'[{"id": "a"}, tr', "record 1: not valid JSON: the file ends inside the array (truncated)"),
+        (b"[\xff]", "record 0: not valid JSON: invalid character at line 1, column 2 (byte 1)"),
+        # more than 64 commas into the broken record: found by scanning the (small) file whole
+        (b'[{"id": "a"}, {"id": "b", "x": [' + b"1," * 100 + b"}]", "record 1: not valid JSON: invalid character"),
+    ],
+)
+def test_each_kind_of_broken_json_is_found_and_worded_by_us_with_its_record_and_place(tmp_path, content, expected):
+    path = tmp_path / "broken.json"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        LlavaFile.read(path)
+    assert str(err.value).startswith(f"{path}: {expected}")
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        (
+            {"id": "a", "image": ["x.jpg", 2], "conversations": []},
+            "record 0 (id 'a'): 'image[1]': expected `str`, got `int`",
+        ),
+        ({"id": "a", "conversations": {"a": 1}}, "record 0 (id 'a'): 'conversations': expected `array`, got `object`"),
+        ({"id": "a", "conversations": [{"value": "q"}]}, "record 0 (id 'a'): turn 0 has no 'from'"),
+        (
+            {"id": "a", "conversations": [{"from": "human", "value": True}]},
+            "record 0 (id 'a'): turn 0 'value': expected `str`, got `bool`",
+        ),
+        (
+            {"id": "a", "conversations": [{"from": "human", "value": 1.5}]},
+            "record 0 (id 'a'): turn 0 'value': expected `str`, got `float`",
+        ),
+        (None, "record 0 is a null, expected an object"),
+        ({"id": None, "conversations": []}, "record 0 has id None (null), expected a string or an integer"),
+    ],
+)
+def test_validation_messages_are_made_from_our_schema_walk(bad, expected):
+    with pytest.raises(DataError) as err:
+        check(bad)
+    assert str(err.value) == f"f.json: {expected}"
+    assert "- at `$" not in str(err.value) and "Expected" not in str(err.value)  # (msgspec's wording)
+
+
+def test_a_record_too_deep_to_decode_is_still_named_by_its_type(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" + "[" * 1500 + "]" * 1500 + "]")
+    with pytest.raises(DataError, match=rf"^{path}: record 0 is an array, expected an object$"):
+        LlavaFile.read(path).record(0)
+
+
+def test_the_grammar_scanner_refuses_exactly_what_msgspec_refuses():
+    """Randomly broken JSON texts: our scanner (which words the errors) and msgspec agree on which are JSON."""
+    import random
+
+    import msgspec
+
+    from rejection_align.data import json_problems
+
+    valid = json.dumps([IMAGE_RECORD, {"n": [1, -2.5e3, 0, True, False, None, {}, []], "s": "é\\u00e9\\ud83d\\ude00"}])
+    alphabet = b'{}[]",:\\ueE+-.019abfnlrstx \n\x01'
+    rng = random.Random(0)
+    refused = 0
+    for _ in range(3000):
+        text = bytearray(valid.encode())
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(text))
+            text[at : at + rng.randint(0, 1)] = bytes([rng.choice(alphabet)])
+        try:
+            msgspec.json.decode(bytes(text))
+            accepted = True
+        except msgspec.DecodeError:
+            accepted = False
+        refused += not accepted
+        assert (json_problems.syntax_problem(bytes(text)) is None) == accepted, bytes(text)
+    assert refused > 1000
+
+
 def test_record_without_an_id_is_found_by_the_id_pass_with_its_number(tmp_path):
     records = [record(i, ("q", "a")) for i in range(50)]
     del records[41]["id"]

@@ -196,6 +196,33 @@ def test_register_refuses_a_file_that_is_not_a_json_array_of_records(data_dir, c
     assert not info.exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("bad.json", b'{"a": 1}', "not a JSON array of records (it is an object); nothing registered"),
+        (
+            "bad.json",
+            b'[{"a": NaN}]',
+            "not a JSON array of records (not valid JSON: invalid character at line 1, column 8); nothing registered",
+        ),
+        ("bad.json", b'[{"a": "\xff"', "not a JSON array of records (not valid JSON: truncated); nothing registered"),
+        ("bad.jsonl", b'{"a": 1}\n[1]\n', "line 2 is not a JSON object (it is an array)"),
+        (
+            "bad.jsonl",
+            b'{"a": 1}\n{"a" 1}\n',
+            "line 2 is not a JSON object (not valid JSON: expected ':' at line 1, column 6)",
+        ),
+        ("bad.jsonl", b'{"a": "\xff"}\n', "line 1 is not a JSON object (not valid UTF-8 (byte 0xff at byte 7))"),
+    ],
+)
+def test_register_words_what_is_wrong_with_a_file_itself(data_dir, capsys, name, content, expected):
+    bad = data_dir / name
+    bad.write_bytes(content)
+    info = data_dir / "dataset_info.json"
+    assert main(["register", "bad", "--file", str(bad), "--dataset-info", str(info)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{bad}: {expected}")
+
+
 def test_register_accepts_json_lines_objects_in_a_jsonl_file(data_dir):
     lines = data_dir / "mix.jsonl"
     lines.write_text('{"conversations": []}\n{"conversations": []}\n')

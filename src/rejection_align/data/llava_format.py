@@ -29,6 +29,7 @@ import msgspec
 
 from ..errors import DataError
 from ..hook.settings import DEFAULT_SENTENCE as DEFAULT_REJECTION_SENTENCE  # noqa: F401 (re-exported for the data commands)
+from . import json_problems
 from .forked import Forked
 
 
@@ -280,45 +281,69 @@ def _count_images(record: LlavaRecord, label: str, index: int) -> int:
     return len(image)
 
 
-_PATH_PART = re.compile(r"\.(\w+)|\[(\d+)\]")
+def _place(path: tuple[str | int, ...]) -> str:
+    """``turn 2 'value'`` for a path inside the turns, else the quoted path (``'image[0]'``); "" for the record."""
+    if path[:1] == ("conversations",) and len(path) >= 2 and isinstance(path[1], int):
+        return f"turn {path[1]}" + "".join(f" {key!r}" if isinstance(key, str) else f"[{key}]" for key in path[2:])
+    place = "".join(f".{key}" if isinstance(key, str) else f"[{key}]" for key in path).lstrip(".")
+    return repr(place) if place else ""
 
 
-def _explain_validation(message: str, raw: Any, label: str, index: int) -> str:
-    """Turn msgspec's ``Expected `str`, got `int` - at `$.conversations[0].value``` into our wording.
+def _explain_validation(err: msgspec.ValidationError, raw: Any, label: str, index: int, schema: Any = None) -> str:
+    """Our message for a record that is valid JSON but not a ``schema`` (default: :class:`LlavaRecord`).
 
-    The path becomes ``turn 0 'value'``; the id (if it can be read) joins the record number.
+    msgspec's error gives at most the place (``$.conversations[0].value``); what is wrong there (the type expected,
+    the type found, a missing field) is found by :func:`json_problems.schema_problem` on the record decoded
+    generically, so the message does not change with msgspec's wording. The path becomes ``turn 0 'value'``; the id
+    (if it can be read) joins the record number.
     """
+    info = msgspec.inspect.type_info(schema or LlavaRecord)
     try:
         value = _ANY.decode(raw)
-    except (ValueError, msgspec.MsgspecError, RecursionError):  # bad UTF-8 (a ValueError), too deep
-        value = None
-    rid = value.get("id") if isinstance(value, dict) else None
-    problem, _, path = message.partition(" - at `")
-    path = path.rstrip("`").removeprefix("$")
-    parts = [(key, int(number) if number else None) for key, number in _PATH_PART.findall(path)]
-    if parts[:1] == [("conversations", None)] and len(parts) >= 2 and parts[1][1] is not None:
-        turn = parts[1][1]
-        place = f"turn {turn}" + "".join(f" {key!r}" if key else f"[{number}]" for key, number in parts[2:])
+    except (ValueError, msgspec.MsgspecError, RecursionError):  # bad UTF-8, too deep, a number out of range
+        value, problem = None, None
     else:
-        place = "".join(f".{key}" if key else f"[{number}]" for key, number in parts).lstrip(".")
-        place = repr(place) if place else ""
-
-    missing = re.match(r"Object missing required field `(\w+)`", problem)
-    if missing:
-        field_name = missing.group(1)
-        if not place and field_name == "id":
+        problem = json_problems.schema_problem(value, info, json_problems.path_of(err))
+    rid = value.get("id") if isinstance(value, dict) else None
+    if problem is None:  # not decodable generically: say where, and what was expected there
+        path = json_problems.path_of(err) or ()
+        kind = json_problems.kind_of_text(raw)
+        if not path and kind not in (None, "object"):  # (a value nested too deeply to decode, as a record)
+            return f"{label}: record {index} is {json_problems.a_kind(kind)}, expected an object"
+        expected = json_problems.expected_at(info, path)
+        place = _place(path)
+        return f"{_where(label, index)}: {place + ': ' if place else ''}expected `{expected or 'the record layout'}`"
+    place = _place(problem.path)
+    if problem.missing:
+        if not place and problem.missing == "id":
             return f"{label}: record {index} has no 'id'"
-        return f"{_where(label, index, rid)}: {place + ' ' if place else ''}has no {field_name!r}"
-    if not place and problem.startswith("Expected `object`"):
-        return f"{label}: record {index} is a{'n' if _type_name(value)[0] in 'aeiou' else ''} {_type_name(value)}, expected an object"
+        return f"{_where(label, index, rid)}: {place + ' ' if place else ''}has no {problem.missing!r}"
+    if not place:
+        name = _type_name(value)
+        return f"{label}: record {index} is a{'n' if name[0] in 'aeiou' else ''} {name}, expected an object"
     if place == "'id'":
-        return (
-            f"{label}: record {index} has id {rid!r} ({_type_name(rid)}), expected a string or an integer"
-            if isinstance(value, dict)
-            else f"{label}: record {index}: {problem}"
+        return f"{label}: record {index} has id {rid!r} ({_type_name(rid)}), expected a string or an integer"
+    return f"{_where(label, index, rid)}: {place}: expected `{problem.expected}`, got `{problem.found}`"
+
+
+def _undecodable(raw: Any, label: str, index: int) -> str:
+    """Our message for a record msgspec could not decode at all: bytes that are not UTF-8, or not JSON.
+
+    Found by looking at the bytes ourselves (msgspec 0.18 raised ``UnicodeDecodeError``, 0.23 a ``DecodeError`` with
+    its own words), on the error path only.
+    """
+    bad_utf8 = json_problems.utf8_problem(raw)
+    if bad_utf8 is not None:
+        return f"{label}: record {index}: not valid UTF-8 ({bad_utf8} of the record)"
+    found = json_problems.syntax_problem(raw)
+    if found is None:  # (msgspec refused what the grammar allows: say so without guessing)
+        return f"{label}: record {index}: not valid JSON"
+    if found.position is None:
+        words = (
+            "a string holds an invalid \\u escape" if found.problem == json_problems.LONE_SURROGATE else "truncated"
         )
-    problem = problem[:1].lower() + problem[1:]
-    return f"{_where(label, index, rid)}: {place + ': ' if place else ''}{problem}"
+        return f"{label}: record {index}: not valid JSON: {words}"
+    return f"{label}: record {index}: not valid JSON: {found.problem} at byte {found.position} of the record"
 
 
 def decode_record(raw: Any, label: str, index: int) -> LlavaRecord:
@@ -326,15 +351,13 @@ def decode_record(raw: Any, label: str, index: int) -> LlavaRecord:
     try:
         record = _RECORD.decode(raw)
     except msgspec.ValidationError as err:
-        raise DataError(_explain_validation(str(err), raw, label, index)) from None
-    except msgspec.DecodeError as err:  # a record split from a valid array is valid JSON; kept for direct callers
-        raise DataError(f"{label}: record {index}: not valid JSON ({err})") from None
+        raise DataError(_explain_validation(err, raw, label, index)) from None
     except RecursionError:
         raise DataError(
             f"{label}: record {index}: nested too deeply (more than {sys.getrecursionlimit()} levels)"
         ) from None
-    except UnicodeDecodeError as err:
-        raise DataError(f"{label}: record {index}: not valid UTF-8 ({err.reason})") from None
+    except (msgspec.DecodeError, UnicodeDecodeError):  # bad UTF-8 in a string; not JSON (for direct callers)
+        raise DataError(_undecodable(raw, label, index)) from None
     check_record(record, label, index)
     return record
 
@@ -739,11 +762,11 @@ class LlavaFile:
             try:
                 rid = _ID.decode(raw).id
             except msgspec.ValidationError as err:
-                raise DataError(_explain_validation(str(err), raw, self.label, index)) from None
-            except msgspec.DecodeError as err:
-                raise DataError(f"{self.label}: record {index}: {err}") from None
+                raise DataError(_explain_validation(err, raw, self.label, index, _IdOnly)) from None
             except RecursionError:
                 raise DataError(f"{self.label}: record {index}: nested too deeply") from None
+            except (msgspec.DecodeError, UnicodeDecodeError):  # bad UTF-8 in a string
+                raise DataError(_undecodable(raw, self.label, index)) from None
             append(rid if type(rid) is str else str(rid))
         return out
 
@@ -868,59 +891,74 @@ def split_array(text: Any, label: str, offset: int = 0) -> list[msgspec.Raw]:
     with _deep_nesting_allowed():
         try:
             return _SPLIT.decode(text)
-        except msgspec.ValidationError as err:
-            raise DataError(f"{label}: not a JSON array ({err})") from None
-        except msgspec.DecodeError as err:
-            message = str(err)
-            match = _BYTE.search(message)
-            position = int(match.group(1)) if match else len(text)
-            number = None if "trailing characters" in message else _record_number(text, position)
-            where = f"{label}: record {number}" if number is not None else label
-            raise DataError(f"{where}: not valid JSON: {_decode_problem(message, text, offset)}") from None
+        except msgspec.ValidationError:  # (it starts with "[", so this is not expected)
+            raise DataError(f"{label}: not a JSON array") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as err:
+            raise DataError(_syntax_error(text, label, offset, json_problems.byte_of(err))) from None
         except RecursionError:
             raise DataError(
                 f"{label}: not supported: a value is nested more than {SPLIT_RECURSION_LIMIT} levels deep"
             ) from None
 
 
-_BYTE = re.compile(r"\(byte (\d+)\)$")
+#: a broken file whose broken record cannot be found (more than 64 commas into it) is scanned whole up to this size
+SCAN_WHOLE_BYTES = 16 << 20
+
+_SYNTAX_WORDS = {
+    json_problems.TRUNCATED: "the file ends inside the array (truncated), or a string holds an invalid \\u escape",
+    json_problems.LONE_SURROGATE: "the file ends inside the array (truncated), or a string holds an invalid \\u escape",
+}
 
 
-def _record_number(text: Any, position: int, attempts: int = 64) -> int | None:
-    """The number of the record holding byte ``position`` of a broken array (error path only), or None.
+def _syntax_error(text: Any, label: str, offset: int, hint: int | None) -> str:
+    """Our message for a file that is not one JSON array (error path only): the record, what, and where.
 
-    Tries the commas before the error, last first: the first prefix that closes into a valid array ends at a comma
-    between records, and its length is the number of the broken record. No comma at all: the first record.
+    The grammar scanner (:func:`json_problems.syntax_problem`) reads only the broken record, found from the byte
+    msgspec's error points at (``hint``, if its text gives one; else the end) by :func:`_record_start`; a small file
+    is scanned whole if that fails.
+    """
+    located = _record_start(text, len(text) if hint is None else hint)
+    found = None
+    if located is not None:
+        number, start = located
+        limit = None if hint is None else hint + 64
+        found = json_problems.syntax_problem(text, start, in_array=True, item=number, limit=limit)
+    elif len(text) <= SCAN_WHOLE_BYTES:
+        found = json_problems.syntax_problem(text)
+    if found is None:  # msgspec refused what the scanner accepts: say where, if known
+        if hint is None:
+            return f"{label}: not valid JSON"
+        line, column = json_problems.line_column(text, hint)
+        return f"{label}: not valid JSON at line {line}, column {column} (byte {hint + offset})"
+    where = f"{label}: record {found.item}" if found.depth >= 1 else label
+    if found.position is None:
+        return f"{where}: not valid JSON: {_SYNTAX_WORDS.get(found.problem, found.problem)}"
+    position = found.position
+    line, column = json_problems.line_column(text, position)
+    ahead = bytes(text[position : position + 9])
+    literal = next((word for word in ("NaN", "Infinity", "-Infinity") if ahead.startswith(word.encode())), None)
+    note = f" ({literal} is not JSON; write null or a number)" if literal else ""
+    return f"{where}: not valid JSON: {found.problem} at line {line}, column {column} (byte {position + offset}){note}"
+
+
+def _record_start(text: Any, position: int, attempts: int = 64) -> tuple[int, int] | None:
+    """The number and first byte of the record holding byte ``position`` of a broken array (error path only).
+
+    Tries the commas before it, last first: the first prefix that closes into a valid array ends at a comma between
+    records, and its length is the number of the broken record. No comma at all: the first record. None if neither.
     """
     prefix = bytes(text[:position])
     end = len(prefix)
     for _ in range(attempts):
         comma = prefix.rfind(b",", 0, end)
         if comma < 0:
-            return 0 if prefix.lstrip(b" \t\r\n")[:1] == b"[" else None
+            opening = len(prefix) - len(prefix.lstrip(b" \t\r\n"))
+            return (0, opening + 1) if prefix[opening : opening + 1] == b"[" else None
         try:
-            return len(_SPLIT.decode(prefix[:comma] + b"]"))
-        except (msgspec.DecodeError, RecursionError):
+            return len(_SPLIT.decode(prefix[:comma] + b"]")), comma + 1
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             end = comma
     return None
-
-
-def _decode_problem(message: str, text: Any, offset: int) -> str:
-    """msgspec's decode error with the byte turned into ``line L, column C (byte B)``; NaN/Infinity named."""
-    message = message.removeprefix("JSON is malformed: ")
-    if message == "Input data was truncated":
-        return "the file ends inside the array (truncated), or a string holds an invalid \\u escape"
-    match = _BYTE.search(message)
-    if match is None:
-        return message
-    position = int(match.group(1))
-    data = bytes(text[: position + 9])
-    line = data.count(b"\n", 0, position) + 1
-    column = position - (data.rfind(b"\n", 0, position) + 1) + 1
-    found = data[position:]
-    literal = next((word for word in ("NaN", "Infinity", "-Infinity") if found.startswith(word.encode())), None)
-    note = f" ({literal} is not JSON; write null or a number)" if literal else ""
-    return f"{message[: match.start()].rstrip()} at line {line}, column {column} (byte {position + offset}){note}"
 
 
 # --------------------------------------------------------------------------------------------------- images
