@@ -10,24 +10,28 @@ import argparse
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from ..files import atomic_open
-from .llava_format import (
-    JsonArrayWriter,
-    LlavaFile,
-    find_missing_images,
-    gc_paused,
-    missing_images_message,
-    sharegpt_bytes,
+from ..options import add_arguments as add_option_arguments
+from ..options import from_args, option
+from .checks import check_images, check_name
+from .llava_format import JsonArrayWriter, LlavaFile, gc_paused, sharegpt_bytes
+from .output_options import (
+    allow_missing_images_field,
+    dataset_info_field,
+    force_field,
+    image_dir_field,
+    no_register_field,
+    output_field,
 )
 from .progress import records_bar
 from .registry import (
     DEFAULT_DATASET_INFO,
     add_deprecated_cache_arguments,
-    add_output_arguments,
     check_output_dir,
     check_output_path,
     check_registration,
@@ -39,6 +43,31 @@ from .registry import (
 
 logger = logging.getLogger(__name__)
 
+_WHAT = "converted file"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertOptions:
+    """The options of ``convert``, declared once (:mod:`rejection_align.options`): API, command line, manifest."""
+
+    file: Path = field(
+        metadata=option("file", type=Path, metavar="FILE", record=False, help="LLaVA-format JSON array")
+    )
+    name: str | None = field(
+        default=None, metadata=option(help="dataset name and file stem (default: the input's stem)")
+    )
+    output: Path = output_field(_WHAT, group=None)
+    dataset_info: Path | None = dataset_info_field(_WHAT, group=None)  # None: do not register
+    no_register: bool = no_register_field(group=None)
+    force: bool = force_field(group=None)
+    image_dir: Path | None = image_dir_field(_WHAT, group=None)
+    allow_missing_images: bool = allow_missing_images_field(group=None)
+
+    @property
+    def registry(self) -> Path | None:
+        """The dataset_info.json to register the output in; None: not registered."""
+        return None if self.no_register else self.dataset_info
+
 
 @dataclass
 class ConvertResult:
@@ -47,6 +76,29 @@ class ConvertResult:
     records: int
     sha256: str
     registration: str | None
+
+
+class _Target:
+    """Where a conversion writes and registers, checked before anything is read or written."""
+
+    def __init__(self, options: ConvertOptions, name: str) -> None:
+        check_name(name)
+        check_output_dir(options.output)
+        self.name = name
+        self.output = Path(options.output) / f"{name}.json"
+        self.manifest = Path(options.output) / f"{name}.manifest.json"
+        self.registry = options.registry
+        check_output_path(self.output, self.registry, {"file": options.file})
+        self.entry: dict[str, Any] | None = None
+        if self.registry is not None:
+            self.entry = sharegpt_entry(self.output, self.registry)
+            check_registration(self.registry, name, self.entry, force=options.force)
+
+    def register(self, force: bool) -> str | None:
+        """Registered last, once the file is in place: a failure before leaves no entry without its file."""
+        if self.entry is None:
+            return None
+        return register_dataset(self.registry, self.name, self.entry, force=force)
 
 
 def convert(
@@ -59,22 +111,30 @@ def convert(
     allow_missing_images: bool = False,
 ) -> ConvertResult:
     """Convert one file; ``dataset_info=None`` skips registration. Nothing is written if any record is bad."""
-    path = Path(path)
+    return convert_file(
+        ConvertOptions(
+            file=Path(path),
+            output=Path(output_dir),
+            name=name,
+            dataset_info=None if dataset_info is None else Path(dataset_info),
+            force=force,
+            image_dir=None if image_dir is None else Path(image_dir),
+            allow_missing_images=allow_missing_images,
+        )
+    )
+
+
+def convert_file(options: ConvertOptions) -> ConvertResult:
+    """Convert ``options.file`` as the options say; nothing is written if any record is bad or none is left."""
+    path = options.file
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    name = name or path.stem
-    if "/" in name or "\\" in name or name in (".", ".."):
-        raise DataError(f"--name {name!r}: must be a plain name (no path separators)")
-    check_output_dir(output_dir)
-    output = Path(output_dir) / f"{name}.json"
-    check_output_path(output, dataset_info, {"file": path})
-    entry = sharegpt_entry(output, dataset_info) if dataset_info is not None else None
-    if entry is not None:
-        check_registration(dataset_info, name, entry, force=force)
-
+    target = _Target(options, options.name or path.stem)
     source = LlavaFile.read(path)
+    if not len(source):
+        raise DataError(f"{source.label}: no records (an empty array); nothing written or registered")
     images: list[str] = []
-    with gc_paused(), atomic_open(output, "wb") as handle:
+    with gc_paused(), atomic_open(target.output, "wb") as handle:
         digest = hashlib.sha256()
         with JsonArrayWriter(handle, digest) as writer, records_bar(len(source), "convert") as bar:
             for index, raw in enumerate(source.raws):
@@ -82,47 +142,24 @@ def convert(
                     bar.update(min(4096, len(source) - index))
                 source.record(index)  # validates it
                 data, record_images = sharegpt_bytes(raw, copy_plain=False)
-                if image_dir is not None:
+                if options.image_dir is not None:
                     images += record_images
                 writer.write_bytes(data)
             writer.close()
-        if image_dir is not None:
-            _check_images(images, image_dir, allow_missing_images)
-    registration = None
-    if entry is not None:  # registered last, once the file is in place
-        registration = register_dataset(dataset_info, name, entry, force=force)
-    return ConvertResult(output, name, writer.count, digest.hexdigest(), registration)
-
-
-def _check_images(images: list[str], image_dir: str | os.PathLike, allow_missing: bool) -> None:
-    if not os.path.isdir(image_dir):
-        raise DataError(f"--image-dir {image_dir}: no such directory")
-    n_checked, missing = find_missing_images(images, image_dir)
-    if missing:
-        message = missing_images_message(n_checked, missing, image_dir)
-        if not allow_missing:
-            raise DataError(message + " (use --allow-missing-images to convert anyway)")
-        logger.warning("%s", message)
+        if options.image_dir is not None:
+            check_images(images, options.image_dir, options.allow_missing_images, "convert anyway")
+    registration = target.register(options.force)
+    return ConvertResult(target.output, target.name, writer.count, digest.hexdigest(), registration)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, metavar="FILE", help="LLaVA-format JSON array")
-    parser.add_argument("--name", help="dataset name and file stem (default: the input's stem)")
-    add_output_arguments(parser, "converted file")
+    add_option_arguments(parser, ConvertOptions)
     add_deprecated_cache_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     warn_deprecated_cache_arguments(args)
-    result = convert(
-        args.file,
-        args.output,
-        name=args.name,
-        dataset_info=None if args.no_register else args.dataset_info,
-        force=args.force,
-        image_dir=args.image_dir,
-        allow_missing_images=args.allow_missing_images,
-    )
+    result = convert_file(from_args(ConvertOptions, args))
     print(f"wrote {result.records} records to {result.output}")
     if result.registration is not None:
         print(f"dataset {result.name!r} {result.registration} in {args.dataset_info}")
