@@ -1,7 +1,11 @@
-"""Convert a LLaVA-format file to LLaMA-Factory sharegpt (id a string, image a list) and register it.
+"""Convert a LLaVA-format (or, with --from vlguard, a VLGuard) file to LLaMA-Factory sharegpt and register it.
 
 Every record is validated (turns, speakers, empty values, <image> tags against images); the output OUTPUT/NAME.json
 (NAME: the input's stem by default) appears only if the whole file is valid, and is registered once it is in place.
+--from vlguard reads VLGuard's train.json/test.json: --turns one (one record per instruction/response pair, id
+<id>-<k>) or multi (one record per image, its pairs as turns), --pairs all|no-safe-safe|safe-safe|unsafe (by image
+safety x instruction safety), --image-prefix P; it writes NAME.manifest.json beside the output (the pairs of each
+kind read and kept, categories, records, turns, images).
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from .. import __version__
 from ..errors import DataError
 from ..files import atomic_open
 from ..options import add_arguments as add_option_arguments
-from ..options import from_args, option
+from ..options import from_args, option, record
+from . import vlguard
 from .checks import check_images, check_name
-from .llava_format import JsonArrayWriter, LlavaFile, gc_paused, sharegpt_bytes
+from .llava_format import JsonArrayWriter, LlavaFile, encode_record, gc_paused, sharegpt_bytes
+from .manifest import DatasetRecord, InputRecord, OutputRecord, dataset_record, encode_manifest, input_record
 from .output_options import (
     allow_missing_images_field,
     dataset_info_field,
@@ -62,6 +71,35 @@ class ConvertOptions:
     force: bool = force_field(group=None)
     image_dir: Path | None = image_dir_field(_WHAT, group=None)
     allow_missing_images: bool = allow_missing_images_field(group=None)
+    source_format: str = field(
+        default="llava",
+        metadata=option(
+            "--from", choices=("llava", "vlguard"), help="the input's format (default: llava; vlguard: see below)"
+        ),
+    )
+    turns: str | None = field(
+        default=None,
+        metadata=option(
+            choices=vlguard.TURNS,
+            group="vlguard",
+            help="one: a record per instruction/response pair (id <id>-<k>); multi: a record per image, pairs as turns",
+        ),
+    )
+    pairs: str | None = field(
+        default=None,
+        metadata=option(
+            choices=tuple(vlguard.PAIRS),
+            group="vlguard",
+            help="pairs kept, by image x instruction safety: all; no-safe-safe (drop safe image + safe instruction); "
+            "safe-safe (only those); unsafe (only unsafe images)",
+        ),
+    )
+    image_prefix: str | None = field(
+        default=None,
+        metadata=option(
+            metavar="P", group="vlguard", help="joined before every image path (e.g. vlguard: vlguard/bad_ads/1.png)"
+        ),
+    )
 
     @property
     def registry(self) -> Path | None:
@@ -76,19 +114,33 @@ class ConvertResult:
     records: int
     sha256: str
     registration: str | None
+    manifest: Path | None = None  # --from vlguard only
+
+
+class ConvertManifest(msgspec.Struct):
+    """``NAME.manifest.json`` of ``convert --from vlguard`` (a plain conversion writes none)."""
+
+    tool: str
+    version: str
+    inputs: dict[str, InputRecord]
+    options: dict[str, Any]
+    counts: vlguard.VlguardCounts
+    output: OutputRecord
+    dataset: DatasetRecord | None
 
 
 class _Target:
     """Where a conversion writes and registers, checked before anything is read or written."""
 
-    def __init__(self, options: ConvertOptions, name: str) -> None:
+    def __init__(self, options: ConvertOptions, name: str, with_manifest: bool = False) -> None:
         check_name(name)
         check_output_dir(options.output)
         self.name = name
         self.output = Path(options.output) / f"{name}.json"
         self.manifest = Path(options.output) / f"{name}.manifest.json"
         self.registry = options.registry
-        check_output_path(self.output, self.registry, {"file": options.file})
+        for path in (self.output, self.manifest) if with_manifest else (self.output,):
+            check_output_path(path, self.registry, {"file": options.file})
         self.entry: dict[str, Any] | None = None
         if self.registry is not None:
             self.entry = sharegpt_entry(self.output, self.registry)
@@ -109,10 +161,15 @@ def convert(
     force: bool = False,
     image_dir: str | os.PathLike | None = None,
     allow_missing_images: bool = False,
+    **more: Any,
 ) -> ConvertResult:
-    """Convert one file; ``dataset_info=None`` skips registration. Nothing is written if any record is bad."""
+    """Convert one file; ``dataset_info=None`` skips registration. Nothing is written if any record is bad.
+
+    ``more``: the other fields of :class:`ConvertOptions` (``source_format="vlguard", turns=..., pairs=...``).
+    """
     return convert_file(
         ConvertOptions(
+            **more,
             file=Path(path),
             output=Path(output_dir),
             name=name,
@@ -129,6 +186,10 @@ def convert_file(options: ConvertOptions) -> ConvertResult:
     path = options.file
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    if options.source_format == "vlguard":
+        return _convert_vlguard(options)
+    if options.turns is not None or options.pairs is not None or options.image_prefix is not None:
+        raise DataError("--turns, --pairs and --image-prefix are options of --from vlguard")
     target = _Target(options, options.name or path.stem)
     source = LlavaFile.read(path)
     if not len(source):
@@ -152,6 +213,50 @@ def convert_file(options: ConvertOptions) -> ConvertResult:
     return ConvertResult(target.output, target.name, writer.count, digest.hexdigest(), registration)
 
 
+def _convert_vlguard(options: ConvertOptions) -> ConvertResult:
+    """VLGuard pairs of the kept kinds as sharegpt records, with a manifest; all checked before anything is written."""
+    if options.turns is None or options.pairs is None:
+        raise DataError(
+            f"--from vlguard needs --turns {'|'.join(vlguard.TURNS)} and --pairs {'|'.join(vlguard.PAIRS)}"
+        )
+    path = options.file
+    target = _Target(options, options.name or vlguard.default_name(path, options.turns, options.pairs), True)
+    data = path.read_bytes()
+    records = vlguard.read_vlguard(data, os.fspath(path))
+    tally = vlguard.Tally(records)
+    lines = []
+    for out, source, pairs in vlguard.sharegpt_records(
+        records, options.turns, vlguard.PAIRS[options.pairs], options.image_prefix
+    ):
+        tally.add(out, source, pairs)
+        lines.append(encode_record(out))
+    if not lines:
+        raise DataError(
+            f"{path}: no pair kept by --pairs {options.pairs} ({len(records)} records read); "
+            "nothing written or registered"
+        )
+    with atomic_open(target.output, "wb") as handle:
+        digest = hashlib.sha256()
+        with JsonArrayWriter(handle, digest) as writer:
+            writer.write_lines(lines)
+            writer.close()
+        if options.image_dir is not None:
+            check_images(tally.images, options.image_dir, options.allow_missing_images, "convert anyway")
+        manifest = ConvertManifest(
+            tool="rejection-align convert",
+            version=__version__,
+            inputs={"file": input_record(path, data, len(records))},
+            options=record(options),
+            counts=tally.counts(),
+            output=OutputRecord(target.output.name, digest.hexdigest(), writer.bytes_written, writer.count),
+            dataset=dataset_record(target.name, target.registry, target.entry) if target.entry else None,
+        )
+        with atomic_open(target.manifest, "w") as manifest_handle:
+            manifest_handle.write(encode_manifest(manifest))
+    registration = target.register(options.force)
+    return ConvertResult(target.output, target.name, writer.count, digest.hexdigest(), registration, target.manifest)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_option_arguments(parser, ConvertOptions)
     add_deprecated_cache_arguments(parser)
@@ -161,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
     warn_deprecated_cache_arguments(args)
     result = convert_file(from_args(ConvertOptions, args))
     print(f"wrote {result.records} records to {result.output}")
+    if result.manifest is not None:
+        print(f"manifest: {result.manifest}")
     if result.registration is not None:
         print(f"dataset {result.name!r} {result.registration} in {args.dataset_info}")
     return 0

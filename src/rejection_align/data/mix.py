@@ -5,8 +5,10 @@ rejection sentence) and records of --instruct (unchanged), shuffles them, writes
 with a manifest beside it (NAME.manifest.json: inputs with sha256, options, counts), and registers NAME in
 --dataset-info. Sizes: --n-rejection N or --rejection-ratio R (the fraction of the mix), --n-instruct M (default:
 all). Same inputs and seed give byte-identical files. The default NAME is {n1}_{stem1}_{n2}_{stem2}{suffix}, where
-the suffix adds _random_turn, _similar, _seed{S} (seed other than 42) and _reply{hash} (replies other than the
-default sentence).
+the suffix adds _random_turn, _similar, _seed{S} (seed other than 42), _reply{hash} (replies other than the
+default sentence), _keep_replies and _images_{stem}. For the ablations (docs/data.md): --keep-replies keeps the drawn
+records' own answers (a curated-data baseline), --replace-images-from FILE gives them random images of FILE, and
+--n-rejection 0 --n-instruct M is the no-rejection control.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import json
 import logging
 import math
 import operator
@@ -47,6 +48,7 @@ from .llava_format import (
     record_images,
     to_sharegpt,
 )
+from .manifest import DatasetRecord, InputRecord, OutputRecord, decode_manifest, encode_manifest
 from .output_options import (
     allow_missing_images_field,
     dataset_info_field,
@@ -184,6 +186,27 @@ class MixOptions:
         metadata=option(group=_SIZES, help="a size larger than available is an error, not a warning"),
     )
     force: bool = force_field()
+    # the ablations' options (recorded only when used: the manifests of the options above keep their bytes)
+    keep_replies: bool = field(
+        default=False,
+        metadata=option(
+            group=_HOW,
+            record="if_set",
+            help="the drawn --rejection-source records keep their own answers (a curated-data baseline: e.g. VLGuard "
+            "with its refusals); no rejection sentence is put in",
+        ),
+    )
+    replace_images_from: Path | None = field(
+        default=None,
+        metadata=option(
+            type=Path,
+            metavar="FILE",
+            group=_HOW,
+            record="if_set",
+            help="replace the images of the drawn --rejection-source records by images drawn (seeded, without "
+            "replacement) from this LLaVA-format file's records, e.g. benign COCO images of llava_v1_5_mix665k.json",
+        ),
+    )
 
     @property
     def registry(self) -> Path | None:
@@ -205,13 +228,6 @@ class MixResult:
 # --------------------------------------------------------------------------------------------------- manifest
 
 
-class InputRecord(msgspec.Struct):
-    path: str
-    sha256: str
-    bytes: int
-    records: int
-
-
 class Requested(msgspec.Struct):
     rejection: int
     instruct: int
@@ -229,20 +245,7 @@ class MixCounts(msgspec.Struct, omit_defaults=True):
     rejection_source_skipped_what_about: int
     instruct_excluded_by_id: int
     instruct_eligible_similar: int | None
-
-
-class OutputRecord(msgspec.Struct):
-    file: str
-    sha256: str
-    bytes: int
-    records: int
-    format: str = "sharegpt"
-
-
-class DatasetRecord(msgspec.Struct):
-    name: str
-    dataset_info: str | None
-    entry: dict[str, Any]
+    images_replaced: int | None = None  # --replace-images-from
 
 
 class MixManifest(msgspec.Struct):
@@ -259,17 +262,9 @@ class MixManifest(msgspec.Struct):
     dataset: DatasetRecord | None
 
 
-def encode_manifest(manifest: msgspec.Struct) -> str:
-    """A manifest's text: 2-space indented JSON, non-ASCII kept, one final line break (the 0.1 layout)."""
-    return json.dumps(msgspec.to_builtins(manifest), ensure_ascii=False, indent=2) + "\n"
-
-
 def read_manifest(path: str | os.PathLike) -> MixManifest:
     """A mix manifest read back and validated; a bad one is a :class:`DataError` naming the file and the field."""
-    try:
-        return msgspec.json.decode(Path(path).read_bytes(), type=MixManifest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as err:
-        raise DataError(f"{path}: not a mix manifest ({err})") from None
+    return decode_manifest(path, MixManifest)
 
 
 # --------------------------------------------------------------------------------------------------- transforms
@@ -285,8 +280,10 @@ def is_what_about(question: str) -> bool:
     return WHAT_ABOUT in question.lower()
 
 
-def make_rejection_record(record: dict, reply: str, rng: random.Random | None) -> dict:
+def make_rejection_record(record: dict, reply: str | None, rng: random.Random | None) -> dict:
     """A new record whose answer is ``reply``: the first answer, or with ``rng`` (--random-turn) one random pair.
+
+    ``reply=None`` (--keep-replies) keeps the record's own answers (with ``rng``: the kept pair's answer).
 
     With --random-turn the record is reduced to one human/gpt pair whose question is not a "what about" follow-up,
     and the image tags (one per image) are put at the front of that question as ``<image>\\n``, so the tag count still
@@ -296,7 +293,8 @@ def make_rejection_record(record: dict, reply: str, rng: random.Random | None) -
     conversations = record["conversations"]
     if rng is None:
         new_conversations = list(conversations)
-        new_conversations[1] = {**conversations[1], "value": reply}
+        if reply is not None:
+            new_conversations[1] = {**conversations[1], "value": reply}
     else:
         candidates = [j for j in range(0, len(conversations), 2) if not is_what_about(conversations[j]["value"])]
         if not candidates:
@@ -306,7 +304,8 @@ def make_rejection_record(record: dict, reply: str, rng: random.Random | None) -
         n_images = len(record_images(record))
         if n_images:
             question = (IMAGE_TAG + "\n") * n_images + question
-        new_conversations = [{"from": HUMAN, "value": question}, {"from": GPT, "value": reply}]
+        answer = conversations[chosen + 1]["value"] if reply is None else reply
+        new_conversations = [{"from": HUMAN, "value": question}, {"from": GPT, "value": answer}]
     return {**record, "conversations": new_conversations}
 
 
@@ -321,6 +320,10 @@ def default_name(options: MixOptions, n_rejection: int, n_instruct: int) -> str:
         suffix += f"_seed{options.seed}"
     if tuple(options.replies) != (DEFAULT_REJECTION_SENTENCE,):
         suffix += "_reply" + hashlib.sha256("\n".join(options.replies).encode()).hexdigest()[:8]
+    if options.keep_replies:
+        suffix += "_keep_replies"
+    if options.replace_images_from is not None:
+        suffix += f"_images_{options.replace_images_from.stem}"
     return f"{n_rejection}_{options.rejection_source.stem}_{n_instruct}_{options.instruct.stem}{suffix}"
 
 
@@ -367,6 +370,8 @@ def _check_options(options: MixOptions) -> None:
     for reply in options.replies:
         if not reply.strip():
             raise DataError(f"--reply {reply!r}: a rejection sentence must not be empty")
+    if options.keep_replies and tuple(options.replies) != (DEFAULT_REJECTION_SENTENCE,):
+        raise DataError("give --reply or --keep-replies, not both")
     if options.name is not None:
         check_name(options.name)
 
@@ -408,6 +413,8 @@ def mix(options: MixOptions) -> MixResult:
 
 def _mix(options: MixOptions) -> MixResult:
     labels = {"--rejection-source": options.rejection_source, "--instruct": options.instruct}
+    if options.replace_images_from is not None:
+        labels["--replace-images-from"] = options.replace_images_from
     check_output_dir(options.output)
     if options.name is not None:  # the name is known: refuse a bad output before reading 1 GB
         _check_outputs(options, options.name, labels)
@@ -424,17 +431,20 @@ def _mix_files(options: MixOptions, labels: dict[str, Path], instruct: LlavaFile
     source = LlavaFile.read(options.rejection_source)
     logger.info("%s: %d records; %s: %d records", source.label, len(source), instruct.label, len(instruct))
     draw = _draw(options, source, instruct)
-    built = _build(options, source, draw)
+    pool = None if options.replace_images_from is None else _image_pool(options.replace_images_from, instruct)
+    built = _build(options, source, draw, pool)
     n1, n2 = len(draw.rejection), len(draw.instruct)
     name = options.name or default_name(options, n1, n2)
     output, manifest_path, entry = _check_outputs(options, name, labels)
-    counts = _counts(options, draw, built)
+    counts = _counts(draw, built, images_replaced=None if pool is None else len(built.images))
     source.sha256, instruct.sha256  # noqa: B018 (their threads joined: none of ours may run when a child is forked)
     with atomic_open(output, "wb") as handle:
         written, images = _write_records(handle, instruct, built, with_images=options.image_dir is not None)
         if options.image_dir is not None:
             check_images(images, options.image_dir, options.allow_missing_images, "write the mix anyway")
         inputs = {"rejection_source": _input_record(source), "instruct": _input_record(instruct)}
+        if pool is not None:
+            inputs["replace_images_from"] = pool.input
         manifest = _manifest(options, name, inputs, counts, output, written, entry)
         with atomic_open(manifest_path, "w") as manifest_handle:
             manifest_handle.write(encode_manifest(manifest))
@@ -543,27 +553,78 @@ def _draw(options: MixOptions, source: LlavaFile, instruct: LlavaFile) -> Draw:
 # --------------------------------------------------------------------------------------------------- building
 
 
-def _build(options: MixOptions, source: LlavaFile, draw: Draw) -> Built:
+def _build(options: MixOptions, source: LlavaFile, draw: Draw, pool: ImagePool | None) -> Built:
     """The rejection records validated and made now (they are few); the instruct records stay indices, validated
     and encoded as they are written. Then the whole mix is shuffled."""
     source.check(draw.rejection)
     turn_rng = _rng(options.seed, "turn") if options.random_turn else None
     reply_rng = _rng(options.seed, "reply")
-    mixed: list[bytes | int] = []
-    images: list[str] = []
-    reply_counts = dict.fromkeys(options.replies, 0)
+    reply_counts = {} if options.keep_replies else dict.fromkeys(options.replies, 0)
+    made = []
     for i in draw.rejection:
-        reply = reply_rng.choice(options.replies)
-        reply_counts[reply] += 1
-        rejection = to_sharegpt(make_rejection_record(source.decode(i), reply, turn_rng))
-        mixed.append(encode_record(rejection))
-        images += rejection["image"]
+        reply = None
+        if not options.keep_replies:
+            reply = reply_rng.choice(options.replies)
+            reply_counts[reply] += 1
+        made.append(to_sharegpt(make_rejection_record(source.decode(i), reply, turn_rng)))
+    if pool is not None:
+        _replace_images(made, pool, _rng(options.seed, "images"))
+    mixed: list[bytes | int] = [encode_record(rejection) for rejection in made]
+    images = [image for rejection in made for image in rejection["image"]]
     mixed += draw.instruct
     _rng(options.seed, "shuffle").shuffle(mixed)
     return Built(mixed, images, reply_counts)
 
 
-def _counts(options: MixOptions, draw: Draw, built: Built) -> MixCounts:
+class ImagePool(NamedTuple):
+    """--replace-images-from: the distinct images of a LLaVA-format file, in file order, and that file's record."""
+
+    images: list[str]
+    input: InputRecord
+
+
+class _ImageOnly(msgspec.Struct):
+    image: str | list[str] | None = None
+
+
+_IMAGE_ONLY = msgspec.json.Decoder(_ImageOnly)
+
+
+def _image_pool(path: Path, instruct: LlavaFile) -> ImagePool:
+    """Only the ``image`` of each record is decoded (fast on the 1 GB mix665k); a bad one names file and record.
+
+    The instruct file, the usual source of benign images, is not read a second time.
+    """
+    same = os.path.realpath(path) == instruct.path
+    pool_file = instruct if same else LlavaFile.read(path)
+    try:
+        images: dict[str, None] = {}
+        for index, raw in enumerate(pool_file.raws):
+            try:
+                image = _IMAGE_ONLY.decode(raw).image
+            except msgspec.ValidationError as err:
+                raise DataError(f"{pool_file.label}: record {index}: 'image': {err}") from None
+            images.update(dict.fromkeys([image] if isinstance(image, str) else image or ()))
+        return ImagePool(list(images), _input_record(pool_file))
+    finally:
+        if not same:
+            pool_file.close()
+
+
+def _replace_images(made: list[dict], pool: ImagePool, rng: random.Random) -> None:
+    """Each image of the drawn records replaced by one drawn without replacement from the pool (in record order)."""
+    needed = sum(len(rejection["image"]) for rejection in made)
+    if needed > len(pool.images):
+        raise DataError(
+            f"--replace-images-from {pool.input.path}: {len(pool.images)} distinct images, fewer than the {needed} "
+            f"images of the {len(made)} drawn --rejection-source records; nothing written"
+        )
+    drawn = iter(rng.sample(pool.images, needed))
+    for rejection in made:
+        rejection["image"] = [next(drawn) for _ in rejection["image"]]
+
+
+def _counts(draw: Draw, built: Built, images_replaced: int | None) -> MixCounts:
     n1, n2 = len(draw.rejection), len(draw.instruct)
     return MixCounts(
         rejection=n1,
@@ -575,6 +636,7 @@ def _counts(options: MixOptions, draw: Draw, built: Built) -> MixCounts:
         rejection_source_skipped_what_about=draw.skipped_what_about,
         instruct_excluded_by_id=draw.excluded,
         instruct_eligible_similar=draw.eligible_similar,
+        images_replaced=images_replaced,
     )
 
 
@@ -720,8 +782,9 @@ def options_from_args(args: argparse.Namespace) -> MixOptions:
 def run(args: argparse.Namespace) -> int:
     warn_deprecated_cache_arguments(args)
     result = mix(options_from_args(args))
+    drawn = "with their own answers" if args.keep_replies else "rejection"
     print(
-        f"wrote {result.n_rejection + result.n_instruct} records ({result.n_rejection} rejection, "
+        f"wrote {result.n_rejection + result.n_instruct} records ({result.n_rejection} {drawn}, "
         f"{result.n_instruct} instruct) to {result.output}"
     )
     print(f"manifest: {result.manifest}")
