@@ -872,3 +872,20 @@ def test_the_manifest_reads_back_as_its_struct(work):
     manifest = read_manifest(work.data / "m.manifest.json")
     assert (manifest.counts.rejection, manifest.counts.requested.instruct, manifest.output.records) == (3, 4, 7)
     assert manifest.options == work.manifest("m")["options"]
+
+
+def test_the_python_api_takes_the_same_options_as_the_command_line(work):
+    from rejection_align.data.mix import MixOptions, mix
+
+    result = mix(
+        MixOptions(
+            rejection_source=work.rejection, instruct=work.instruct, output=work.data, n_rejection=4, n_instruct=6,
+            random_turn=True, dataset_info=None, name="api",
+        )
+    )  # fmt: skip
+    assert (result.name, result.n_rejection, result.n_instruct, result.registration) == ("api", 4, 6, None)
+    assert work.run("--n-rejection", "4", "--n-instruct", "6", "--random-turn", "--name", "cli", "--no-register") == 0
+    assert (work.data / "api.json").read_bytes() == (work.data / "cli.json").read_bytes()
+    assert comparable(work.manifest("api")) == comparable(work.manifest("cli"))
+    assert result.counts == work.manifest("api")["counts"]
+    assert not work.info.exists()

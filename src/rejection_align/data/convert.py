@@ -29,7 +29,8 @@ from . import vlguard
 from .checks import check_images, check_name
 from .llava_format import JsonArrayWriter, LlavaFile, encode_record, gc_paused, sharegpt_bytes
 from .manifest import DatasetRecord, InputRecord, OutputRecord, dataset_record, encode_manifest, input_record
-from .output_options import (
+from .outputs import (
+    OutputTarget,
     allow_missing_images_field,
     dataset_info_field,
     force_field,
@@ -42,10 +43,6 @@ from .registry import (
     DEFAULT_DATASET_INFO,
     add_deprecated_cache_arguments,
     check_output_dir,
-    check_output_path,
-    check_registration,
-    register_dataset,
-    sharegpt_entry,
     warn_deprecated_cache_arguments,
 )
 
@@ -129,28 +126,11 @@ class ConvertManifest(msgspec.Struct):
     dataset: DatasetRecord | None
 
 
-class _Target:
-    """Where a conversion writes and registers, checked before anything is read or written."""
-
-    def __init__(self, options: ConvertOptions, name: str, with_manifest: bool = False) -> None:
-        check_name(name)
-        check_output_dir(options.output)
-        self.name = name
-        self.output = Path(options.output) / f"{name}.json"
-        self.manifest = Path(options.output) / f"{name}.manifest.json"
-        self.registry = options.registry
-        for path in (self.output, self.manifest) if with_manifest else (self.output,):
-            check_output_path(path, self.registry, {"file": options.file})
-        self.entry: dict[str, Any] | None = None
-        if self.registry is not None:
-            self.entry = sharegpt_entry(self.output, self.registry)
-            check_registration(self.registry, name, self.entry, force=options.force)
-
-    def register(self, force: bool) -> str | None:
-        """Registered last, once the file is in place: a failure before leaves no entry without its file."""
-        if self.entry is None:
-            return None
-        return register_dataset(self.registry, self.name, self.entry, force=force)
+def _target(options: ConvertOptions, name: str, with_manifest: bool = True) -> OutputTarget:
+    """Where the conversion writes and registers, checked before the input is read."""
+    check_name(name)
+    check_output_dir(options.output)
+    return OutputTarget(options.output, name, options.registry, {"file": options.file}, options.force, with_manifest)
 
 
 def convert(
@@ -190,7 +170,7 @@ def convert_file(options: ConvertOptions) -> ConvertResult:
         return _convert_vlguard(options)
     if options.turns is not None or options.pairs is not None or options.image_prefix is not None:
         raise DataError("--turns, --pairs and --image-prefix are options of --from vlguard")
-    target = _Target(options, options.name or path.stem)
+    target = _target(options, options.name or path.stem, with_manifest=False)
     source = LlavaFile.read(path)
     if not len(source):
         raise DataError(f"{source.label}: no records (an empty array); nothing written or registered")
@@ -209,7 +189,7 @@ def convert_file(options: ConvertOptions) -> ConvertResult:
             writer.close()
         if options.image_dir is not None:
             check_images(images, options.image_dir, options.allow_missing_images, "convert anyway")
-    registration = target.register(options.force)
+    registration = target.register()
     return ConvertResult(target.output, target.name, writer.count, digest.hexdigest(), registration)
 
 
@@ -220,7 +200,7 @@ def _convert_vlguard(options: ConvertOptions) -> ConvertResult:
             f"--from vlguard needs --turns {'|'.join(vlguard.TURNS)} and --pairs {'|'.join(vlguard.PAIRS)}"
         )
     path = options.file
-    target = _Target(options, options.name or vlguard.default_name(path, options.turns, options.pairs), True)
+    target = _target(options, options.name or vlguard.default_name(path, options.turns, options.pairs))
     data = path.read_bytes()
     records = vlguard.read_vlguard(data, os.fspath(path))
     tally = vlguard.Tally(records)
@@ -249,11 +229,11 @@ def _convert_vlguard(options: ConvertOptions) -> ConvertResult:
             options=record(options),
             counts=tally.counts(),
             output=OutputRecord(target.output.name, digest.hexdigest(), writer.bytes_written, writer.count),
-            dataset=dataset_record(target.name, target.registry, target.entry) if target.entry else None,
+            dataset=dataset_record(target.name, target.registry, target.entry),
         )
         with atomic_open(target.manifest, "w") as manifest_handle:
             manifest_handle.write(encode_manifest(manifest))
-    registration = target.register(options.force)
+    registration = target.register()
     return ConvertResult(target.output, target.name, writer.count, digest.hexdigest(), registration, target.manifest)
 
 

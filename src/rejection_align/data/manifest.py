@@ -36,9 +36,13 @@ class DatasetRecord(msgspec.Struct):
     entry: dict[str, Any]
 
 
-def dataset_record(name: str, dataset_info: str | os.PathLike, entry: dict[str, Any] | None) -> DatasetRecord | None:
+def dataset_record(
+    name: str, dataset_info: str | os.PathLike | None, entry: dict[str, Any] | None
+) -> DatasetRecord | None:
     """Where the dataset was registered; None when it was not."""
-    return None if entry is None else DatasetRecord(name, os.path.abspath(dataset_info), entry)
+    if entry is None or dataset_info is None:
+        return None
+    return DatasetRecord(name, os.path.abspath(dataset_info), entry)
 
 
 def input_record(path: str | os.PathLike, data: bytes, records: int) -> InputRecord:

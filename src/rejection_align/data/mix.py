@@ -48,8 +48,9 @@ from .llava_format import (
     record_images,
     to_sharegpt,
 )
-from .manifest import DatasetRecord, InputRecord, OutputRecord, decode_manifest, encode_manifest
-from .output_options import (
+from .manifest import DatasetRecord, InputRecord, OutputRecord, dataset_record, decode_manifest, encode_manifest
+from .outputs import (
+    OutputTarget,
     allow_missing_images_field,
     dataset_info_field,
     force_field,
@@ -61,10 +62,6 @@ from .progress import records_bar
 from .registry import (
     add_deprecated_cache_arguments,
     check_output_dir,
-    check_output_path,
-    check_registration,
-    register_dataset,
-    sharegpt_entry,
     warn_deprecated_cache_arguments,
 )
 
@@ -417,7 +414,7 @@ def _mix(options: MixOptions) -> MixResult:
         labels["--replace-images-from"] = options.replace_images_from
     check_output_dir(options.output)
     if options.name is not None:  # the name is known: refuse a bad output before reading 1 GB
-        _check_outputs(options, options.name, labels)
+        _target(options, options.name, labels)
 
     instruct = LlavaFile.read(options.instruct, ids_in_child=True)  # its ids come while the source is checked
     try:
@@ -435,24 +432,21 @@ def _mix_files(options: MixOptions, labels: dict[str, Path], instruct: LlavaFile
     built = _build(options, source, draw, pool)
     n1, n2 = len(draw.rejection), len(draw.instruct)
     name = options.name or default_name(options, n1, n2)
-    output, manifest_path, entry = _check_outputs(options, name, labels)
+    target = _target(options, name, labels)
     counts = _counts(draw, built, images_replaced=None if pool is None else len(built.images))
     source.sha256, instruct.sha256  # noqa: B018 (their threads joined: none of ours may run when a child is forked)
-    with atomic_open(output, "wb") as handle:
+    with atomic_open(target.output, "wb") as handle:
         written, images = _write_records(handle, instruct, built, with_images=options.image_dir is not None)
         if options.image_dir is not None:
             check_images(images, options.image_dir, options.allow_missing_images, "write the mix anyway")
         inputs = {"rejection_source": _input_record(source), "instruct": _input_record(instruct)}
         if pool is not None:
             inputs["replace_images_from"] = pool.input
-        manifest = _manifest(options, name, inputs, counts, output, written, entry)
-        with atomic_open(manifest_path, "w") as manifest_handle:
+        manifest = _manifest(options, target, inputs, counts, written)
+        with atomic_open(target.manifest, "w") as manifest_handle:
             manifest_handle.write(encode_manifest(manifest))
-    # registered last, once both files are in place: a failure before leaves no entry without its file
-    registration = None
-    if entry is not None:
-        registration = register_dataset(options.registry, name, entry, force=options.force)
-    return MixResult(output, manifest_path, name, n1, n2, registration, msgspec.to_builtins(counts))
+    registration = target.register()  # last, once both files are in place
+    return MixResult(target.output, target.manifest, name, n1, n2, registration, msgspec.to_builtins(counts))
 
 
 # --------------------------------------------------------------------------------------------------- drawing
@@ -724,18 +718,9 @@ def _receive_chunk(child: Forked, with_images: bool) -> tuple[bytes, list[str]] 
 # --------------------------------------------------------------------------------------------------- outputs
 
 
-def _check_outputs(
-    options: MixOptions, name: str, inputs: dict[str, Path]
-) -> tuple[Path, Path, dict[str, Any] | None]:
+def _target(options: MixOptions, name: str, inputs: dict[str, Path]) -> OutputTarget:
     """The output paths and the registration entry, checked before anything is written."""
-    output = options.output / f"{name}.json"
-    manifest_path = options.output / f"{name}.manifest.json"
-    for path in (output, manifest_path):
-        check_output_path(path, options.registry, inputs)
-    entry = sharegpt_entry(output, options.registry) if options.registry is not None else None
-    if entry is not None:
-        check_registration(options.registry, name, entry, force=options.force)
-    return output, manifest_path, entry
+    return OutputTarget(options.output, name, options.registry, inputs, options.force)
 
 
 def _input_record(source: LlavaFile) -> InputRecord:
@@ -743,18 +728,9 @@ def _input_record(source: LlavaFile) -> InputRecord:
 
 
 def _manifest(
-    options: MixOptions,
-    name: str,
-    inputs: dict[str, InputRecord],
-    counts: MixCounts,
-    output: Path,
-    written: Written,
-    entry: dict[str, Any] | None,
+    options: MixOptions, target: OutputTarget, inputs: dict[str, InputRecord], counts: MixCounts, written: Written
 ) -> MixManifest:
     """What reproduces and audits the mix; where it was registered (if it was) is recorded under ``dataset``."""
-    dataset = None
-    if entry is not None:
-        dataset = DatasetRecord(name, os.path.abspath(options.registry), entry)
     return MixManifest(
         tool="rejection-align mix",
         version=__version__,
@@ -762,8 +738,8 @@ def _manifest(
         inputs=inputs,
         options=record(options),
         counts=counts,
-        output=OutputRecord(output.name, written.sha256, written.bytes, written.records),
-        dataset=dataset,
+        output=OutputRecord(target.output.name, written.sha256, written.bytes, written.records),
+        dataset=dataset_record(target.name, target.registry, target.entry),
     )
 
 
