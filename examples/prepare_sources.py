@@ -3,14 +3,16 @@
 
 LLaMA-Factory resolves every image of a dataset against one ``media_dir`` (``data/images`` in the configs),
 while LLaVA-Med and VLGuard name their images relative to their own folders. This script rewrites the image
-paths with a prefix (``llava_med/``, ``vlguard/``) and, for VLGuard, converts its ``instr-resp`` format:
+paths with a prefix (``llava_med/``, ``vlguard/``); VLGuard is handed to ``rejection-align convert --from vlguard``,
+which supersedes this script for it (docs/data.md):
 
     python examples/prepare_sources.py llava-med IN.json OUT.json [--prefix llava_med/]
     python examples/prepare_sources.py vlguard train.json OUT.json [--prefix vlguard/] [--keep safe|all]
 
 VLGuard (``[{"id", "image", "safe", "instr-resp": [{"safe_instruction"|"unsafe_instruction"|"instruction",
 "response"}]}]``): ``--keep safe`` (default) keeps only the safe instructions on safe images, i.e. benign
-questions, which is what a rejection source should be; ``--keep all`` keeps every pair.
+questions, which is what a rejection source should be (``--pairs safe-safe``); ``--keep all`` keeps every pair.
+The output is sharegpt (ids ``<id>-<k>``, ``image`` a list), which ``rejection-align mix`` reads as it reads LLaVA.
 """
 
 import argparse
@@ -35,28 +37,21 @@ def llava_med(records: list, prefix: str) -> list:
     return out
 
 
-def vlguard(records: list, prefix: str, keep: str) -> list:
-    out = []
-    for record in records:
-        for index, pair in enumerate(record.get("instr-resp", [])):
-            if "safe_instruction" in pair:
-                question, benign = pair["safe_instruction"], True
-            else:
-                question = pair.get("unsafe_instruction", pair.get("instruction"))
-                benign = False
-            if question is None or (keep == "safe" and not (benign and record.get("safe", False))):
-                continue
-            out.append(
-                {
-                    "id": f"{record['id']}_{index}",
-                    "image": _prefixed(record["image"], prefix),
-                    "conversations": [
-                        {"from": "human", "value": "<image>\n" + question.strip()},
-                        {"from": "gpt", "value": pair["response"].strip()},
-                    ],
-                }
-            )
-    return out
+def vlguard(source: Path, output: Path, prefix: str, keep: str) -> int:
+    """Superseded by ``rejection-align convert --from vlguard`` (it validates every record and writes a manifest):
+    this calls it with ``--turns one`` and ``--pairs safe-safe`` (``--keep safe``) or ``all`` (``--keep all``)."""
+    from rejection_align.cli import main as rejection_align
+
+    pairs = "safe-safe" if keep == "safe" else "all"
+    print(
+        f"note: prepare_sources.py vlguard is superseded by: rejection-align convert {source} --from vlguard "
+        f"--turns one --pairs {pairs} --image-prefix {prefix} --output {output.parent} --name {output.stem}",
+        file=sys.stderr,
+    )
+    return rejection_align(
+        ["convert", str(source), "--from", "vlguard", "--turns", "one", "--pairs", pairs, "--image-prefix", prefix,
+         "--output", str(output.parent), "--name", output.stem, "--no-register"]
+    )  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -70,8 +65,10 @@ def main(argv: list[str]) -> int:
     prefix = (
         args.prefix if args.prefix is not None else {"llava-med": "llava_med/", "vlguard": "vlguard/"}[args.source]
     )
+    if args.source == "vlguard":
+        return vlguard(args.input, args.output, prefix, args.keep)
     records = json.loads(args.input.read_text(encoding="utf-8"))
-    out = llava_med(records, prefix) if args.source == "llava-med" else vlguard(records, prefix, args.keep)
+    out = llava_med(records, prefix)
     if not out:
         print(f"error: no records kept from {args.input}", file=sys.stderr)
         return 1

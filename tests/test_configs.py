@@ -82,6 +82,10 @@ PAPER_YAMLS = [path for path in TRAIN_YAMLS if not path.name.startswith("demo")]
 MERGE_YAMLS = sorted((CONFIGS / "merge").glob("*.yaml"))
 INFER_YAMLS = sorted((CONFIGS / "inference").glob("*.yaml"))
 DS_JSONS = sorted((CONFIGS / "deepspeed").glob("*.json"))
+# examples/ablations.sh: one YAML per question (issue 17), LLaVA-1.5-7B
+ABLATION_YAMLS = sorted((CONFIGS / "ablations").glob("*.yaml"))
+ABLATIONS = {"curated", "curated_multi_turn", "curated_no_safe_safe", "curated_random_images", "plain_sentence",
+             "no_rejection"}  # fmt: skip
 
 
 def load(path: Path) -> dict:
@@ -147,7 +151,7 @@ print("RESULTS " + json.dumps(results))
 def parsed_train_yamls(tiny_llava_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("parse")
     configs = {}
-    for path in TRAIN_YAMLS:
+    for path in TRAIN_YAMLS + ABLATION_YAMLS:
         config = cpu_parsable(load(path), tmp / path.stem)
         if path.name.startswith("demo"):
             config["model_name_or_path"] = str(tiny_llava_dir)
@@ -162,7 +166,7 @@ def parsed_train_yamls(tiny_llava_dir, tmp_path_factory):
     return configs, json.loads(lines[-1].removeprefix("RESULTS "))
 
 
-@pytest.mark.parametrize("path", TRAIN_YAMLS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", TRAIN_YAMLS + ABLATION_YAMLS, ids=lambda p: p.name)
 def test_train_yaml_passes_llamafactory_train_parser_with_plugin_keys(path, parsed_train_yamls):
     configs, results = parsed_train_yamls
     config, result = load(path), results[path.name]
@@ -192,7 +196,7 @@ def test_an_unknown_rejection_key_in_a_yaml_is_refused_by_the_parser(parsed_trai
     assert "rejection_mask_oes" in result["error"]
 
 
-@pytest.mark.parametrize("path", TRAIN_YAMLS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", TRAIN_YAMLS + ABLATION_YAMLS, ids=lambda p: p.name)
 def test_train_yaml_numbers_are_numbers_not_strings(path):
     config = load(path)
     for key in ("learning_rate", "warmup_ratio", "weight_decay", "num_train_epochs"):
@@ -227,6 +231,26 @@ def test_baseline_differs_from_the_rejection_run_only_in_the_method_switch_and_o
     assert baseline.pop("rejection_mask_eos") is False
     assert method.pop("output_dir") != baseline.pop("output_dir")
     assert method == baseline
+
+
+def test_every_ablation_has_a_yaml_built_by_the_ablations_example():
+    assert {path.stem.removeprefix("llava1_5_7b_") for path in ABLATION_YAMLS} == ABLATIONS
+    script = (ROOT / "examples" / "ablations.sh").read_text(encoding="utf-8")
+    for path in ABLATION_YAMLS:
+        assert f"ablation_{path.stem.removeprefix('llava1_5_7b_')}" == load(path)["dataset"]
+        assert f" {path.stem.removeprefix('llava1_5_7b_')} " in script  # in its list of ablations
+    assert len({load(path)["output_dir"] for path in ABLATION_YAMLS}) == len(ABLATIONS)
+
+
+@pytest.mark.parametrize("path", ABLATION_YAMLS, ids=lambda p: p.name)
+def test_ablation_yaml_is_the_paper_run_but_for_dataset_method_switch_and_output_dir_and_says_its_question(path):
+    config, paper = load(path), load(CONFIGS / "llava1_5_7b_lora_rejection.yaml")
+    assert config.pop("rejection_mask_eos") is (path.stem == "llava1_5_7b_plain_sentence")
+    for key in ("dataset", "output_dir", "rejection_mask_eos"):
+        config.pop(key, None), paper.pop(key)
+    assert config == paper
+    header = path.read_text(encoding="utf-8").split("### model")[0]
+    assert "# Question: " in header and "128" in header
 
 
 @pytest.mark.parametrize("path", MERGE_YAMLS, ids=lambda p: p.name)
@@ -361,3 +385,23 @@ def test_multinode_example_refuses_overrides_with_spaces(tmp_path):
                         tmp_path=tmp_path)  # fmt: skip
     assert proc.returncode == 1
     assert "contains a space" in proc.stderr
+
+
+def test_ablations_dry_run_prints_every_command_each_accepted_by_its_parser_and_runs_none(tmp_path):
+    import shlex
+
+    from rejection_align.cli import build_parser
+
+    proc = _run_example("ablations.sh", "--dry-run", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    commands = [shlex.split(line) for line in proc.stdout.splitlines() if line and not line.startswith("#")]
+    by_tool: dict[str, int] = {}
+    for argv in commands:
+        tool = argv[0] if argv[0] != "rejection-align" else argv[1]
+        by_tool[tool] = by_tool.get(tool, 0) + 1
+        if argv[0] == "rejection-align":
+            build_parser(only=argv[1]).parse_args(argv[1:])  # a wrong flag exits here
+    assert by_tool == {"convert": 3, "python": 1, "mix": 7, "llamafactory-cli": 7, "generate": 14, "judge": 20}
+    for path in ABLATION_YAMLS:
+        assert f"llamafactory-cli train configs/ablations/{path.name}" in proc.stdout
+    assert not (tmp_path / "raw").exists()  # nothing ran

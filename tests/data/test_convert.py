@@ -172,3 +172,28 @@ def test_deprecated_cache_option_is_accepted_with_a_warning(source, caplog):
     with caplog.at_level(logging.WARNING):
         assert convert(source, "--no-cache") == 0
     assert "deprecated and ignored" in caplog.text
+
+
+def test_an_empty_array_is_refused_and_nothing_is_written_or_registered(tmp_path, capsys):
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    assert convert(empty) == 2
+    assert capsys.readouterr().err == (
+        f"rejection-align convert: error: {empty}: no records (an empty array); nothing written or registered\n"
+    )
+    assert not (tmp_path / "data").exists() or list((tmp_path / "data").iterdir()) == []
+
+
+def test_the_command_prints_its_result_once(source):
+    import subprocess
+    import sys
+
+    data = source.parent / "data"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rejection_align.cli", "convert", str(source), "--output", str(data),
+         "--dataset-info", str(data / "dataset_info.json")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    both = proc.stdout + proc.stderr
+    assert both.count("llava_med") == 2  # "wrote 3 records to .../llava_med.json" and "dataset 'llava_med' added"
+    assert proc.stdout.splitlines()[1] == f"dataset 'llava_med' added in {data / 'dataset_info.json'}"

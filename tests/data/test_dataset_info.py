@@ -133,10 +133,11 @@ def test_prepare_sources_turns_vlguard_safe_pairs_into_llava_format(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "vlguard", str(tmp_path / "train.json"), str(out)], text=True)
     assert proc.returncode == 0
     records = json.loads(out.read_text())
+    # (it defers to `convert --from vlguard --turns one --pairs safe-safe`: sharegpt, ids <id>-<k>, which mix reads)
     assert records == [
         {
-            "id": "img_1_0",
-            "image": "vlguard/safe/1.png",
+            "id": "img_1-0",
+            "image": ["vlguard/safe/1.png"],
             "conversations": [
                 {"from": "human", "value": "<image>\nWhat is in the picture?"},
                 {"from": "gpt", "value": "A dog."},

@@ -849,3 +849,43 @@ def test_random_turn_does_not_refuse_a_bad_source_record_it_does_not_draw(work):
     assert work.run("--n-rejection", "3", "--n-instruct", "0", "--random-turn", "--name", "m") == 0
     assert "med5" not in {rec["id"] for rec in work.output("m")}
     assert work.run("--n-rejection", "40", "--n-instruct", "0", "--random-turn", "--name", "all") == 2
+
+
+def test_the_command_prints_each_result_once(work):
+    proc = subprocess.run(
+        [sys.executable, "-m", "rejection_align.cli", *work.args("--n-rejection", "3", "--n-instruct", "4")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    both = proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"wrote 7 records (3 rejection, 4 instruct) to {work.data / '3_llava_med_4_mix665k.json'}",
+        f"manifest: {work.data / '3_llava_med_4_mix665k.manifest.json'}",
+        f"dataset '3_llava_med_4_mix665k' added in {work.info}",
+    ]
+    assert both.count("added") == 1 and both.count("wrote") == 1
+
+
+def test_the_manifest_reads_back_as_its_struct(work):
+    from rejection_align.data.mix import read_manifest
+
+    work.run("--n-rejection", "3", "--n-instruct", "4", "--name", "m")
+    manifest = read_manifest(work.data / "m.manifest.json")
+    assert (manifest.counts.rejection, manifest.counts.requested.instruct, manifest.output.records) == (3, 4, 7)
+    assert manifest.options == work.manifest("m")["options"]
+
+
+def test_the_python_api_takes_the_same_options_as_the_command_line(work):
+    from rejection_align.data.mix import MixOptions, mix
+
+    result = mix(
+        MixOptions(
+            rejection_source=work.rejection, instruct=work.instruct, output=work.data, n_rejection=4, n_instruct=6,
+            random_turn=True, dataset_info=None, name="api",
+        )
+    )  # fmt: skip
+    assert (result.name, result.n_rejection, result.n_instruct, result.registration) == ("api", 4, 6, None)
+    assert work.run("--n-rejection", "4", "--n-instruct", "6", "--random-turn", "--name", "cli", "--no-register") == 0
+    assert (work.data / "api.json").read_bytes() == (work.data / "cli.json").read_bytes()
+    assert comparable(work.manifest("api")) == comparable(work.manifest("cli"))
+    assert result.counts == work.manifest("api")["counts"]
+    assert not work.info.exists()

@@ -165,31 +165,11 @@ def register_dataset(
         if action != "unchanged":
             info[name] = entry
             atomic_write_json(path, info, indent=2)
-    logger.info("%s: dataset %r %s", path, name, action)
+    logger.debug("%s: dataset %r %s", path, name, action)  # (the commands print the result)
     return action
 
 
 # --------------------------------------------------------------------------------------------------- command line
-
-
-def add_output_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, what: str) -> None:
-    """The output, registration and image-check options that ``mix`` and ``convert`` share."""
-    parser.add_argument("--output", required=True, type=Path, metavar="DIR", help=f"directory of the {what}")
-    parser.add_argument(
-        "--dataset-info",
-        type=Path,
-        default=Path(DEFAULT_DATASET_INFO),
-        metavar="PATH",
-        help=f"dataset_info.json to register the {what} in (default: {DEFAULT_DATASET_INFO})",
-    )
-    parser.add_argument("--no-register", action="store_true", help="do not touch any dataset_info.json")
-    parser.add_argument("--force", action="store_true", help="replace a different registration of the same name")
-    parser.add_argument(
-        "--image-dir", type=Path, metavar="DIR", help=f"check that every image of the {what} exists here"
-    )
-    parser.add_argument(
-        "--allow-missing-images", action="store_true", help="with --image-dir: warn instead of failing"
-    )
 
 
 def add_deprecated_cache_arguments(parser: argparse.ArgumentParser) -> None:
