@@ -6,7 +6,7 @@ import pytest
 
 from rejection_align.cli import main as cli_main
 from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE as REJECTION_SENTENCE
-from rejection_align.demo.tiny import IMAGE, STAMP_NAME, build_tiny_llava, build_tiny_tokenizer
+from rejection_align.demo.tiny import IMAGE, STAMP_NAME, build_tiny_llava, build_tiny_tokenizer, transformers_major
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +144,11 @@ def test_stamp_records_the_transformers_major_version(tiny_dir):
 
     params = json.loads((tiny_dir / STAMP_NAME).read_text())["params"]
     assert params["transformers_major"] == int(transformers.__version__.split(".")[0])
+
+
+@pytest.mark.parametrize("version, major", [("4.57.1", 4), ("5.6.0", 5), ("10.0.0.dev0", 10), ("5.0.0rc1+local", 5)])
+def test_transformers_major_version_is_parsed_by_packaging(monkeypatch, version, major):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", version)
+    assert transformers_major() == major

@@ -86,7 +86,9 @@ def llamafactory_cli() -> list[str]:
         return [str(beside)]
     found = shutil.which("llamafactory-cli")
     if found is None:
-        raise ConfigError("llamafactory-cli not found: install rejection-align (it depends on llamafactory==0.9.5)")
+        raise ConfigError(
+            "llamafactory-cli not found: install LLaMA-Factory (0.9.4, 0.9.5 or main) beside rejection-align"
+        )
     return [found]
 
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from packaging.version import Version
+
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -142,15 +144,20 @@ def build_tiny_tokenizer(
     return tokenizer
 
 
+def transformers_major() -> int:
+    """The major version of the transformers in use; 4.x and 5.x differ in a few places below."""
+    import transformers
+
+    return Version(transformers.__version__).major
+
+
 def _extra_tokens_argument() -> str:
     """The tokenizer argument for a list of extra special tokens: transformers 5 renamed it.
 
     In 4.x ``extra_special_tokens`` means a dict of *named* tokens (a list fails with ``'list' object has no
     attribute 'keys'``) and the list goes in ``additional_special_tokens``.
     """
-    import transformers
-
-    return "extra_special_tokens" if int(transformers.__version__.split(".")[0]) >= 5 else "additional_special_tokens"
+    return "extra_special_tokens" if transformers_major() >= 5 else "additional_special_tokens"
 
 
 def _build_params(seed: int, image_size: int, patch_size: int, hidden_size: int, vocab_size: int) -> dict[str, Any]:
@@ -174,9 +181,14 @@ def _is_built(out_dir: Path, params: dict[str, Any]) -> bool:
         return False
 
 
-
 def _save_build(
-    out_dir: Path, model: Any, processor: Any, tokenizer: Any, params: dict, n_image_tokens: Any, fix_config: Any = None
+    out_dir: Path,
+    model: Any,
+    processor: Any,
+    tokenizer: Any,
+    params: dict,
+    n_image_tokens: Any,
+    fix_config: Any = None,
 ) -> int:
     """Save a built model with its processor and tokenizer; the stamp, written last, marks the build finished."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +202,7 @@ def _save_build(
     stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": n_image_tokens}
     (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
     return n_params
+
 
 def build_tiny_llava(
     out_dir: str | os.PathLike,
@@ -206,12 +219,10 @@ def build_tiny_llava(
     position and the ``default`` feature strategy drops it, as in ``llava-hf/llava-1.5-7b-hf``. A second call
     with the same arguments finds the stamp file and returns at once.
     """
-    import transformers
-
     out_dir = Path(out_dir)
     params = _build_params(seed, image_size, patch_size, hidden_size, vocab_size)
     # transformers 4.x and 5.x name the CLIP tower's weights differently: a build of one loads badly in the other
-    params["transformers_major"] = int(transformers.__version__.split(".")[0])
+    params["transformers_major"] = transformers_major()
     if _is_built(out_dir, params):
         logger.info("tiny LLaVA already built in %s", out_dir)
         return out_dir
@@ -350,9 +361,7 @@ def build_qwen2_vl_processor(
 def as_qwen2_tokenizer(tokenizer: Any) -> Any:
     """The same tokenizer as a ``Qwen2TokenizerFast`` where transformers 4.x's ``Qwen2VLProcessor`` insists on that
     class (5.x takes any fast tokenizer, and the tokenizer is returned as it is)."""
-    import transformers
-
-    if type(tokenizer).__name__ in ("Qwen2Tokenizer", "Qwen2TokenizerFast") or int(transformers.__version__[0]) >= 5:
+    if type(tokenizer).__name__ in ("Qwen2Tokenizer", "Qwen2TokenizerFast") or transformers_major() >= 5:
         return tokenizer
 
     from transformers import Qwen2TokenizerFast
@@ -364,9 +373,7 @@ def _qwen2_vl_config_for_4x(path: Path) -> None:
     """transformers 4.x reads a nested ``text_config.model_type`` back as the outer config's ``model_type``
     (``qwen2_vl_text``), and LLaMA-Factory then misses that the model is Qwen2-VL (no frozen vision tower, LoRA on
     the merger's ``0``/``2`` layers); the nested key is redundant, so it is left out there."""
-    import transformers
-
-    if int(transformers.__version__[0]) >= 5:
+    if transformers_major() >= 5:
         return
 
     config = json.loads(path.read_text(encoding="utf-8"))
