@@ -36,12 +36,16 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..data.llava_format import DEFAULT_REJECTION_SENTENCE as SENTENCE
 from ..errors import ConfigError
 from ..hook.masking import IGNORE_INDEX
 
+
+if TYPE_CHECKING:
+    from ..data.mix import MixResult
+    from ..eval.generate import GenerationReport
 
 DEFAULT_OUT = "demo_out"
 DEMO_CONFIG = "configs/demo_tiny_llava.yaml"
@@ -222,7 +226,11 @@ def library_output_to(log_path: Path, *, show: bool) -> Iterator[IO[str]]:
     exit, so a process that goes on (a test, a notebook) logs as before.
     """
     import transformers.utils.logging  # noqa: F401 (makes its stderr handler now, before the redirect below)
-    from llamafactory.extras import logging as llamafactory_logging
+
+    try:
+        from llamafactory.extras import logging as llamafactory_logging
+    except ImportError as err:
+        raise ConfigError(f"LLaMA-Factory cannot be imported ({err}): install 0.9.4, 0.9.5 or main") from None
 
     llamafactory_logging.get_logger()  # LLaMA-Factory adds its stdout handler on first use: now, so it is filtered
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -378,7 +386,7 @@ def _steps(
     return 0
 
 
-def mix_demo_data(data: Path, data_dir: Path, *, n_rejection: int, n_instruct: int, seed: int) -> Any:
+def mix_demo_data(data: Path, data_dir: Path, *, n_rejection: int, n_instruct: int, seed: int) -> MixResult:
     """Step 2: ``mix`` the demo data into ``data_dir`` (registered there as ``demo_mix``); prints what it wrote."""
     from ..data.mix import MixOptions, mix
 
@@ -488,7 +496,9 @@ def _judge(out: Path, model_dir: Path, runs: list[_Run], data: Path, max_new_tok
     )
 
 
-def generate_answers(model_dir: Path, adapter: Path, data: Path, output: Path, *, max_new_tokens: int) -> list[Any]:
+def generate_answers(
+    model_dir: Path, adapter: Path, data: Path, output: Path, *, max_new_tokens: int
+) -> list[GenerationReport]:
     """Answers of ``model_dir`` + ``adapter`` to the demo's safety and benign prompts, one model load for both sets.
 
     The same engine and arguments as ``rejection-align generate --benchmark generic --template llava --device cpu
