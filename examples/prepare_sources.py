@@ -67,7 +67,14 @@ def main(argv: list[str]) -> int:
     )
     if args.source == "vlguard":
         return vlguard(args.input, args.output, prefix, args.keep)
-    records = json.loads(args.input.read_text(encoding="utf-8"))
+    try:
+        records = json.loads(args.input.read_text(encoding="utf-8"))
+    except OSError as err:  # a missing or unreadable input: one line, not a traceback
+        print(f"error: {args.input}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # not JSON, or not UTF-8
+        print(f"error: {args.input}: not a JSON file ({err})", file=sys.stderr)
+        return 2
     out = llava_med(records, prefix)
     if not out:
         print(f"error: no records kept from {args.input}", file=sys.stderr)

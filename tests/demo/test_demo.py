@@ -10,8 +10,10 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -32,6 +34,12 @@ def _env() -> dict[str, str]:
     return env
 
 
+class DemoRun(NamedTuple):
+    out: Path
+    stdout: str
+    stderr: str
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("empty")
@@ -40,7 +48,7 @@ def demo_run(tmp_path_factory):
     command += ["--max-new-tokens", "4"]
     proc = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return out, proc.stdout
+    return DemoRun(out, proc.stdout, proc.stderr)
 
 
 def _closing_counts(tokenized: Path, model_dir: Path) -> tuple[int, int]:
@@ -64,7 +72,7 @@ def _closing_counts(tokenized: Path, model_dir: Path) -> tuple[int, int]:
 
 @pytest.mark.slow
 def test_demo_trains_a_method_and_a_baseline_lora_adapter_with_llamafactory_cli(demo_run):
-    out, stdout = demo_run
+    out, stdout, _ = demo_run
     for adapter in (out / "adapter", out / "adapter_baseline"):
         assert (adapter / "adapter_model.safetensors").is_file()
         assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"
@@ -75,7 +83,7 @@ def test_demo_trains_a_method_and_a_baseline_lora_adapter_with_llamafactory_cli(
 
 @pytest.mark.slow
 def test_demo_prints_a_rejection_answer_whose_closing_token_is_not_trained(demo_run):
-    _, stdout = demo_run
+    _, stdout, _ = demo_run
     assert "I'm sorry, but I cannot assist with your request</s>" in stdout
     masked_rows = [line for line in stdout.splitlines() if "<- not trained (-100)" in line]
     assert masked_rows and "'</s>'" in masked_rows[0]
@@ -83,7 +91,7 @@ def test_demo_prints_a_rejection_answer_whose_closing_token_is_not_trained(demo_
 
 @pytest.mark.slow
 def test_demo_masks_exactly_the_closing_tokens_of_the_rejection_answers_in_the_mix(demo_run):
-    out, _ = demo_run
+    out, _, _ = demo_run
     mixed = json.loads((out / "data" / "demo_mix.json").read_text())
     n_rejection_turns = sum(
         turn["from"] == "gpt" and turn["value"] == SENTENCE for record in mixed for turn in record["conversations"]
@@ -97,7 +105,7 @@ def test_demo_masks_exactly_the_closing_tokens_of_the_rejection_answers_in_the_m
 
 @pytest.mark.slow
 def test_demo_baseline_twin_trains_every_closing_token(demo_run):
-    out, _ = demo_run
+    out, _, _ = demo_run
     mixed = json.loads((out / "data" / "demo_mix.json").read_text())
     n_answers = sum(turn["from"] == "gpt" for record in mixed for turn in record["conversations"])
     assert _closing_counts(out / "run_baseline" / "tokenized", out / "tiny_llava") == (0, n_answers)
@@ -105,7 +113,7 @@ def test_demo_baseline_twin_trains_every_closing_token(demo_run):
 
 @pytest.mark.slow
 def test_after_the_rejection_sentence_the_baseline_closes_the_answer_and_the_method_does_not(demo_run):
-    out, _ = demo_run
+    out, _, _ = demo_run
     probes = {p["label"]: p for p in json.loads((out / "mechanism.json").read_text())["probes"]}
     baseline, method = probes["baseline"], probes["method"]
     assert baseline["p_close"] > 0.5 and method["p_close"] < 0.1
@@ -116,7 +124,7 @@ def test_after_the_rejection_sentence_the_baseline_closes_the_answer_and_the_met
 
 @pytest.mark.slow
 def test_both_models_learned_the_rejection_sentence_itself(demo_run):
-    out, _ = demo_run
+    out, _, _ = demo_run
     probes = json.loads((out / "mechanism.json").read_text())["probes"]
     # random weights give 1/512 per token; trained, the sentence is likely token by token in both
     assert all(p["p_sentence"] > 0.3 for p in probes)
@@ -124,7 +132,7 @@ def test_both_models_learned_the_rejection_sentence_itself(demo_run):
 
 @pytest.mark.slow
 def test_demo_prints_the_closing_token_probabilities_side_by_side(demo_run):
-    _, stdout = demo_run
+    _, stdout, _ = demo_run
     rows = [line.split() for line in stdout.splitlines() if line.rstrip().endswith(("(stops)", "(goes on)"))]
     assert [row[0] for row in rows] == ["baseline", "method"]
     assert all(0.0 <= float(row[2]) <= 1.0 for row in rows)  # the P(</s>) column
@@ -133,7 +141,7 @@ def test_demo_prints_the_closing_token_probabilities_side_by_side(demo_run):
 
 @pytest.mark.slow
 def test_demo_judges_the_baseline_and_the_method_side_by_side_and_says_what_that_cannot_show(demo_run):
-    out, stdout = demo_run
+    out, stdout, _ = demo_run
     comparison = json.loads((out / "judge" / "compare.json").read_text())
     text = json.dumps(comparison)
     assert "baseline" in text and "method" in text
@@ -147,7 +155,7 @@ def test_demo_judges_the_baseline_and_the_method_side_by_side_and_says_what_that
 
 @pytest.mark.slow
 def test_demo_prints_every_step_with_its_wall_time(demo_run):
-    _, stdout = demo_run
+    _, stdout, _ = demo_run
     for number in range(1, 7):
         assert f"[{number}/6]" in stdout
     assert stdout.count("done in") == 6
@@ -155,9 +163,104 @@ def test_demo_prints_every_step_with_its_wall_time(demo_run):
 
 @pytest.mark.slow
 def test_demo_run_from_an_empty_folder_reads_the_package_files_not_the_working_directory(demo_run):
-    _, stdout = demo_run
+    _, stdout, _ = demo_run
     configs_line = next(line for line in stdout.splitlines() if "configs:" in line)
     assert str(pipeline.demo_file(pipeline.DEMO_CONFIG)) in configs_line
+
+
+@pytest.mark.slow
+def test_library_log_lines_go_to_the_demo_log_not_between_the_demo_lines(demo_run):
+    out, stdout, stderr = demo_run
+    # what a fresh run printed in step 6 before: LLaMA-Factory's INFO lines (stdout), weight-loading bars (stderr)
+    for noise in ("Loaded adapter(s)", "all params:", "KV cache is enabled", "Loading weights"):
+        assert noise not in stdout and noise not in stderr, noise
+    log = (out / pipeline.LOG_NAME).read_text()
+    assert "INFO llamafactory.model.adapter: Loaded adapter(s): " + str(out / "adapter") in log
+    assert "INFO llamafactory.model.loader: all params: 182,080" in log
+    assert "Loading weights" in log
+    assert "INFO rejection_align.data.mix: " in log  # our own INFO lines too: the demo prints what matters
+    assert stderr == ""
+
+
+# ---------------------------------------------------------------------------------------------- without the CLI
+
+
+def test_the_demo_mixes_through_the_python_api_without_importing_the_cli(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from rejection_align.demo import pipeline
+        pipeline.mix_demo_data(Path({str(DEMO_DATA)!r}), Path({str(tmp_path / "data")!r}), n_rejection=5,
+                               n_instruct=10, seed=0)
+        print(sorted(name for name in sys.modules if name.startswith("rejection_align")))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    *printed, modules = proc.stdout.splitlines()
+    assert "rejection_align.data.mix" in modules and "rejection_align.cli" not in modules
+    assert printed[0] == f"      wrote 15 records (5 rejection, 10 instruct) to {tmp_path / 'data' / 'demo_mix.json'}"
+    assert len(json.loads((tmp_path / "data" / "demo_mix.json").read_text())) == 15
+
+
+def test_the_demo_prints_what_rejection_align_mix_prints(tmp_path, capsys):
+    from rejection_align.cli import main as cli_main
+
+    data_dir = tmp_path / "data"
+    argv = ["mix", "--rejection-source", str(DEMO_DATA / "rejection_source.json"),
+            "--instruct", str(DEMO_DATA / "instruct.json"), "--n-rejection", "20", "--n-instruct", "60",
+            "--random-turn", "--seed", "0", "--output", str(data_dir), "--name", pipeline.DATASET_NAME,
+            "--dataset-info", str(data_dir / "dataset_info.json"), "--image-dir", str(DEMO_DATA)]  # fmt: skip
+    assert cli_main(argv) == 0
+    by_cli = capsys.readouterr().out
+    mixed = (data_dir / "demo_mix.json").read_bytes()
+    pipeline.mix_demo_data(DEMO_DATA, data_dir, n_rejection=20, n_instruct=60, seed=0)
+    by_demo = capsys.readouterr().out
+    assert by_demo == "".join("      " + line for line in by_cli.splitlines(keepends=True))
+    assert (data_dir / "demo_mix.json").read_bytes() == mixed
+
+
+def test_library_output_goes_to_the_log_and_back_to_the_terminal_after_the_run(tmp_path):
+    script = textwrap.dedent(
+        """
+        import logging, sys
+        from pathlib import Path
+        from llamafactory.extras.logging import get_logger
+        from rejection_align.demo.pipeline import library_output_to
+
+        logging.basicConfig(level=logging.INFO)  # as the CLI sets it up
+        for mode in ("quiet", "show"):
+            print(f"== {mode}")
+            print(f"== {mode}", file=sys.stderr)
+            with library_output_to(Path(sys.argv[1]) / f"{mode}.log", show=mode == "show"):
+                get_logger("llamafactory.model.loader").info("all params: 182,080")
+                logging.getLogger("transformers.processing_utils").warning("use_fast is deprecated")
+                print("Loading weights: 100%", file=sys.stderr)
+                logging.getLogger("rejection_align.data.mix").info("all 16 images found")
+                logging.getLogger("rejection_align.data.mix").warning("asked for 20, only 10")
+                print("a demo line")
+            get_logger("llamafactory.model.loader").info("after the run")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    out_quiet, out_show = proc.stdout.split("== show\n")
+    err_quiet, err_show = proc.stderr.split("== show\n")
+    demo_line, after = out_quiet.splitlines()[1:]  # LLaMA-Factory's handler prints again after the run
+    assert demo_line == "a demo line" and after.endswith(">> after the run")
+    assert err_quiet.splitlines()[1:] == ["WARNING:rejection_align.data.mix:asked for 20, only 10"]  # ours only
+    assert "all params: 182,080" in out_show and "use_fast" in err_show
+    assert "Loading weights" in err_show and "INFO:rejection_align.data.mix:all 16 images found" in err_show
+    for mode in ("quiet", "show"):
+        log = (tmp_path / f"{mode}.log").read_text()
+        for line in ("llamafactory.model.loader: all params: 182,080", "transformers.processing_utils: use_fast",
+                     "rejection_align.data.mix: all 16 images found", "mix: asked for 20, only 10"):  # fmt: skip
+            assert line in log, (mode, line)
+        assert ("Loading weights: 100%" in log) == (mode == "quiet")  # bars: in the log unless shown
+        assert "after the run" not in log
 
 
 # ---------------------------------------------------------------------------------------------- configs and package

@@ -1,12 +1,13 @@
 """The tiny LLaVA builder: a real transformers model from configs, small, offline, and reusable."""
 
 import json
+import re
 
 import pytest
 
 from rejection_align.cli import main as cli_main
 from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE as REJECTION_SENTENCE
-from rejection_align.demo.tiny import IMAGE, STAMP_NAME, build_tiny_llava, build_tiny_tokenizer
+from rejection_align.demo.tiny import IMAGE, STAMP_NAME, build_tiny_llava, build_tiny_tokenizer, transformers_major
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +145,73 @@ def test_stamp_records_the_transformers_major_version(tiny_dir):
 
     params = json.loads((tiny_dir / STAMP_NAME).read_text())["params"]
     assert params["transformers_major"] == int(transformers.__version__.split(".")[0])
+
+
+@pytest.mark.parametrize("version, major", [("4.57.1", 4), ("5.6.0", 5), ("10.0.0.dev0", 10), ("5.0.0rc1+local", 5)])
+def test_transformers_major_version_is_parsed_by_packaging(monkeypatch, version, major):
+    import transformers
+
+    monkeypatch.setattr(transformers, "__version__", version)
+    assert transformers_major() == major
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("size", ["13", "0", "-14", "15", str(14 * 33)])
+def test_cli_tiny_model_refuses_an_image_size_that_makes_no_model_before_writing_anything(tmp_path, capsys, size):
+    assert cli_main(["tiny-model", str(tmp_path / "m"), "--image-size", size]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"rejection-align tiny-model: error: image size {size}: must be a multiple of the patch")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--image-size", "0"], ["--family", "qwen2_vl"]])
+def test_cli_tiny_model_never_builds_over_a_folder_it_did_not_make(tmp_path, capsys, extra):
+    other = tmp_path / "my_model"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "mine"}\n')
+    assert cli_main(["tiny-model", str(other), *extra]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"{other}: not empty and not made by tiny-model" in line or "image size 0: must be" in line
+    assert sorted(p.name for p in other.iterdir()) == ["config.json"]
+    assert (other / "config.json").read_text() == '{"model_type": "mine"}\n'
+
+
+def test_cli_tiny_model_refuses_image_size_for_qwen2_vl(tmp_path, capsys):
+    assert cli_main(["tiny-model", str(tmp_path / "q"), "--family", "qwen2_vl", "--image-size", "56"]) == 2
+    assert "--image-size is for --family llava" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+
+
+def test_build_goes_on_in_an_empty_folder_and_over_a_build_killed_half_way(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (build_tiny_llava(empty, image_size=14) / "config.json").is_file()
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / STAMP_NAME).write_text('{"params": null, "state": "building"}\n')  # what a build writes first
+    (killed / "config.json").write_text("{")  # cut off
+    build_tiny_llava(killed, image_size=14)
+    stamp = json.loads((killed / STAMP_NAME).read_text())
+    assert stamp["params"]["image_size"] == 14 and stamp["n_image_tokens"] == 1
+    assert json.loads((killed / "config.json").read_text())["model_type"] == "llava"
+
+
+@pytest.mark.parametrize(
+    "sizes, message",
+    [
+        ({"seed": -1}, "seed -1: must be from 0"),
+        ({"seed": 2**64}, "seed 18446744073709551616: must be from 0"),
+        ({"hidden_size": 30}, "hidden size 30: must be a multiple of 8"),
+        ({"hidden_size": 16}, "hidden size 16: must be a multiple of 8, at least 24"),
+        ({"vocab_size": 100}, "vocab size 100: must be at least 268"),
+        ({"image_size": 28, "patch_size": 0}, "patch size 0"),
+    ],
+)
+def test_build_refuses_sizes_that_make_no_model(tmp_path, sizes, message):
+    from rejection_align.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_tiny_llava(tmp_path / "m", **sizes)
+    assert not (tmp_path / "m").exists()

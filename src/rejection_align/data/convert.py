@@ -165,7 +165,7 @@ def convert_file(options: ConvertOptions) -> ConvertResult:
     """Convert ``options.file`` as the options say; nothing is written if any record is bad or none is left."""
     path = options.file
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: {'a folder, expected a file' if path.is_dir() else 'no such file'}")
     if options.source_format == "vlguard":
         return _convert_vlguard(options)
     if options.turns is not None or options.pairs is not None or options.image_prefix is not None:

@@ -3,15 +3,19 @@
 Steps (each printed with its wall time; everything lands under ``--out``, default ``demo_out/``):
 
 1. build a tiny random LLaVA from configs (``rejection-align tiny-model``), nothing downloaded;
-2. mix the demo data into a LLaMA-Factory dataset with rejection answers (``rejection-align mix``);
+2. mix the demo data into a LLaMA-Factory dataset with rejection answers (``mix``, what ``rejection-align mix`` runs);
 3. train two LoRA adapters with ``llamafactory-cli train``, side by side: the method
    (``demo_tiny_llava.yaml``, ``rejection_mask_eos: true``) and its baseline twin
    (``demo_tiny_llava_baseline.yaml``: every closing token trained), same data, same seed;
 4. print one rejection example from the tokenized dataset, with the label of its closing ``</s>`` shown as -100;
 5. the effect: P(``</s>`` | prompt + rejection sentence) and the greedy continuation after the sentence, baseline
    vs method (the baseline stops there, the method goes on);
-6. answer the demo's safety and benign prompts with both adapters (``rejection-align generate``) and judge them
-   (``rejection-align judge``).
+6. answer the demo's safety and benign prompts with both adapters (``generate_to_files``, the engine of
+   ``rejection-align generate``) and judge them (``summarize`` and the reports of ``rejection-align judge``).
+
+Only ``llamafactory-cli train`` runs as a subprocess, the way users train; the other steps call the Python API and
+read its results as objects. What the libraries log (LLaMA-Factory's INFO lines, transformers' warnings and
+weight-loading bars) goes to ``OUT/demo.log`` rather than between the demo's lines; ``-v`` shows it as well.
 
 The configs and data come from the installed package (``rejection_align/demo/files/`` in a wheel), else from the
 source checkout of an editable install (``configs/`` and ``data/demo/``); the working directory plays no part.
@@ -21,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -32,18 +36,23 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ..data.llava_format import DEFAULT_REJECTION_SENTENCE as SENTENCE
 from ..errors import ConfigError
 from ..hook.masking import IGNORE_INDEX
 
 
+if TYPE_CHECKING:
+    from ..data.mix import MixResult
+    from ..eval.generate import GenerationReport
+
 DEFAULT_OUT = "demo_out"
 DEMO_CONFIG = "configs/demo_tiny_llava.yaml"
 BASELINE_CONFIG = "configs/demo_tiny_llava_baseline.yaml"
 DEMO_DATA = "data/demo"
 DATASET_NAME = "demo_mix"
+LOG_NAME = "demo.log"  # under --out: what the libraries log during the run
 TEMPLATE = "llava"  # the LLaMA-Factory template of the demo configs
 # In a wheel, pyproject.toml's force-include puts configs/demo_*.yaml and data/demo/ here, under the same names.
 PACKAGE_FILES = Path(__file__).resolve().parent / "files"
@@ -81,7 +90,9 @@ def llamafactory_cli() -> list[str]:
         return [str(beside)]
     found = shutil.which("llamafactory-cli")
     if found is None:
-        raise ConfigError("llamafactory-cli not found: install rejection-align (it depends on llamafactory==0.9.5)")
+        raise ConfigError(
+            "llamafactory-cli not found: install LLaMA-Factory (0.9.4, 0.9.5 or main) beside rejection-align"
+        )
     return [found]
 
 
@@ -189,6 +200,59 @@ def show_rejection_example(tokenized_dir: Path, model_dir: Path) -> tuple[list[s
     return lines, counts
 
 
+# ---------------------------------------------------------------------------------------------- the run's log
+
+
+class _OnlyOurWarnings(logging.Filter):
+    """Lets through to the terminal only what the user must act on: our own warnings and errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING and record.name.split(".")[0] == "rejection_align"
+
+
+# Loggers that do not propagate to the root logger and carry their own terminal handler.
+_LIBRARY_LOGGERS = ("transformers", "llamafactory")
+
+
+@contextlib.contextmanager
+def library_output_to(log_path: Path, *, show: bool) -> Iterator[IO[str]]:
+    """Send what the libraries log or print to stderr during the run to ``log_path`` instead of the terminal.
+
+    LLaMA-Factory logs INFO lines to stdout through its own handler, transformers draws weight-loading bars and
+    warns on stderr: between the demo's lines they bury the output (step 6 got ~40 of them). Here they go to the
+    log: a file handler on the root logger and on the libraries' own loggers (which do not propagate), a filter on
+    their terminal handlers (our own warnings still pass), and ``sys.stderr`` (tqdm bars, ``warnings``) into the
+    file. ``show`` (``-v``) keeps the terminal as it was; the log is written either way. Everything is undone on
+    exit, so a process that goes on (a test, a notebook) logs as before.
+    """
+    import transformers.utils.logging  # noqa: F401 (makes its stderr handler now, before the redirect below)
+
+    try:
+        from llamafactory.extras import logging as llamafactory_logging
+    except ImportError as err:
+        raise ConfigError(f"LLaMA-Factory cannot be imported ({err}): install 0.9.4, 0.9.5 or main") from None
+
+    llamafactory_logging.get_logger()  # LLaMA-Factory adds its stdout handler on first use: now, so it is filtered
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", encoding="utf-8", buffering=1) as log, contextlib.ExitStack() as undo:
+        quiet = _OnlyOurWarnings()
+        for name in ("", *_LIBRARY_LOGGERS):
+            logger = logging.getLogger(name)
+            # one handler each: LLaMA-Factory re-formats every handler of transformers' logger
+            to_log = logging.StreamHandler(log)
+            to_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+            if not show:
+                for handler in logger.handlers:
+                    if type(handler) is logging.StreamHandler:  # a terminal, not a file or a test's capture
+                        handler.addFilter(quiet)
+                        undo.callback(handler.removeFilter, quiet)
+            logger.addHandler(to_log)
+            undo.callback(logger.removeHandler, to_log)
+        if not show:
+            undo.enter_context(contextlib.redirect_stderr(log))
+        yield log
+
+
 # ---------------------------------------------------------------------------------------------- the steps
 
 
@@ -214,16 +278,6 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def call_cli(argv: list[str]) -> tuple[int, str]:
-    """Run a ``rejection-align`` sub-command in this process; returns (status, what it printed)."""
-    from ..cli import main as cli_main
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        status = cli_main(argv)
-    return status, buffer.getvalue()
-
-
 def _indent(text: str, prefix: str = "      ") -> str:
     return "\n".join(prefix + line for line in text.rstrip().splitlines())
 
@@ -239,6 +293,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the tiny model and of the mix (default: 0)")
     parser.add_argument("--no-judge", action="store_true", help="skip the last step (generate and judge)")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length when judging (default: 16)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest="show_logs",
+        action="store_true",
+        help=f"also show the libraries' log lines and progress bars (always written to OUT/{LOG_NAME})",
+    )
 
 
 @dataclass(frozen=True)
@@ -260,47 +321,36 @@ class _Run:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .tiny import STAMP_NAME, build_tiny_llava
-
     started = time.perf_counter()
     out = Path(args.out).resolve()
     config = Path(args.config).resolve() if args.config else demo_file(DEMO_CONFIG)
     baseline_config = Path(args.baseline_config).resolve() if args.baseline_config else demo_file(BASELINE_CONFIG)
     data = Path(args.data).resolve() if args.data else demo_file(DEMO_DATA)
+    print(f"rejection-align demo: output in {out}")
+    print(f"      configs: {config}, {baseline_config.name}; data: {data}")
+    show = getattr(args, "verbose", False) or getattr(args, "show_logs", False)
+    with library_output_to(out / LOG_NAME, show=show):
+        return _steps(args, out, config, baseline_config, data, started)
+
+
+def _steps(
+    args: argparse.Namespace, out: Path, config: Path, baseline_config: Path, data: Path, started: float
+) -> int:
+    from .tiny import STAMP_NAME, build_tiny_llava
+
     total = 5 if args.no_judge else 6
     model_dir, data_dir = out / "tiny_llava", out / "data"
     runs = [
         _Run("method", config, out / "adapter", out / "run"),
         _Run("baseline", baseline_config, out / "adapter_baseline", out / "run_baseline"),
     ]
-    print(f"rejection-align demo: output in {out}")
-    print(f"      configs: {config}, {baseline_config.name}; data: {data}")
-
     with step(1, total, f"tiny LLaVA -> {model_dir}"):
         build_tiny_llava(model_dir, seed=args.seed)
         stamp = json.loads((model_dir / STAMP_NAME).read_text(encoding="utf-8"))
         print(f"      {stamp['n_parameters']:,} parameters, {stamp['n_image_tokens']} image tokens per image")
 
     with step(2, total, f"mix {args.n_rejection} rejection + {args.n_instruct} instruction examples -> {data_dir}"):
-        shutil.rmtree(data_dir, ignore_errors=True)
-        status, printed = call_cli(
-            [
-                "mix",
-                "--rejection-source", str(data / "rejection_source.json"),
-                "--instruct", str(data / "instruct.json"),
-                "--n-rejection", str(args.n_rejection),
-                "--n-instruct", str(args.n_instruct),
-                "--random-turn",
-                "--seed", str(args.seed),
-                "--output", str(data_dir),
-                "--name", DATASET_NAME,
-                "--dataset-info", str(data_dir / "dataset_info.json"),
-                "--image-dir", str(data),  # every image of the mix must exist
-            ]
-        )  # fmt: skip
-        print(_indent(printed))
-        if status:
-            return status
+        mix_demo_data(data, data_dir, n_rejection=args.n_rejection, n_instruct=args.n_instruct, seed=args.seed)
 
     title = f"llamafactory-cli train, twice side by side: method ({config.name}) and baseline ({baseline_config.name})"
     with step(3, total, title):
@@ -325,9 +375,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_judge:
         with step(6, total, "generate on the demo's safety and benign prompts (baseline vs method) and judge"):
             with _threads(1):
-                status = _judge(out, model_dir, runs, data, args.max_new_tokens)
-            if status:
-                return status
+                _judge(out, model_dir, runs, data, args.max_new_tokens)
 
     by_label = {p.label: p for p in probes}
     print(
@@ -336,6 +384,36 @@ def run(args: argparse.Namespace) -> int:
         f"everything is under {out}"
     )
     return 0
+
+
+def mix_demo_data(data: Path, data_dir: Path, *, n_rejection: int, n_instruct: int, seed: int) -> MixResult:
+    """Step 2: ``mix`` the demo data into ``data_dir`` (registered there as ``demo_mix``); prints what it wrote."""
+    from ..data.mix import MixOptions, mix
+
+    shutil.rmtree(data_dir, ignore_errors=True)
+    dataset_info = data_dir / "dataset_info.json"
+    result = mix(
+        MixOptions(
+            rejection_source=data / "rejection_source.json",
+            instruct=data / "instruct.json",
+            output=data_dir,
+            n_rejection=n_rejection,
+            n_instruct=n_instruct,
+            random_turn=True,
+            seed=seed,
+            name=DATASET_NAME,
+            dataset_info=dataset_info,
+            image_dir=data,  # every image of the mix must exist
+        )
+    )
+    print(
+        f"      wrote {result.n_rejection + result.n_instruct} records ({result.n_rejection} rejection, "
+        f"{result.n_instruct} instruct) to {result.output}"
+    )
+    print(f"      manifest: {result.manifest}")
+    if result.registration is not None:
+        print(f"      dataset {result.name!r} {result.registration} in {dataset_info}")
+    return result
 
 
 def _train(runs: list[_Run], model_dir: Path, data_dir: Path, data: Path, max_steps: int | None) -> int:
@@ -396,37 +474,18 @@ def _probe(out: Path, model_dir: Path, runs: list[_Run], data: Path) -> list[Any
     return probes
 
 
-def _judge(out: Path, model_dir: Path, runs: list[_Run], data: Path, max_new_tokens: int) -> int:
+def _judge(out: Path, model_dir: Path, runs: list[_Run], data: Path, max_new_tokens: int) -> None:
+    """Step 6: both adapters answer the safety and the benign prompts; the two runs are judged side by side."""
+    from ..eval import report
+    from ..eval.judge import summarize
+
     gen_dir, judge_dir = out / "generate", out / "judge"
     for r in runs:
-        for prompts, extra in (("safety_prompts.json", []), ("benign_prompts.json", ["--benign"])):
-            argv = [
-                "generate",
-                "--benchmark", "generic",
-                "--data", str(data / prompts),
-                "--model", str(model_dir),
-                "--template", TEMPLATE,
-                "--adapter", str(r.adapter),
-                "--output", str(gen_dir / r.label),
-                "--max-new-tokens", str(max_new_tokens),
-                "--device", "cpu",
-                "--dtype", "float32",
-                "--no-progress",
-                "--overwrite",
-                *extra,
-            ]  # fmt: skip
-            with warnings.catch_warnings():  # peft warns about tied weights the tiny model does not tie
-                warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
-                status, printed = call_cli(argv)
-            if status:
-                print(_indent(printed))
-                return status
-
-    status, printed = call_cli(
-        ["judge", "--compare", str(gen_dir / "baseline"), str(gen_dir / "method"), "--labels", "baseline", "method",
-         "--out", str(judge_dir)]
-    )  # fmt: skip
-    print(_indent(printed))
+        generate_answers(model_dir, r.adapter, data, gen_dir / r.label, max_new_tokens=max_new_tokens)
+    summaries = [summarize([gen_dir / r.label]) for r in reversed(runs)]  # baseline first: before -> after
+    comparison = report.compare(*summaries, labels=[r.label for r in reversed(runs)])
+    written = report.write_compare(comparison, judge_dir)
+    print(_indent(report.compare_markdown(comparison) + "\n\n" + "\n".join(f"wrote {path}" for path in written)))
     for r in reversed(runs):
         _show_answers(r.label, gen_dir / r.label / "safety_prompts.jsonl")
     print(
@@ -435,7 +494,28 @@ def _judge(out: Path, model_dir: Path, runs: list[_Run], data: Path, max_new_tok
         "\n      says nothing about the prompt being harmful; the ASR above is not a safety result (step 5 is the"
         "\n      method's effect; examples/ runs the real models)."
     )
-    return status
+
+
+def generate_answers(
+    model_dir: Path, adapter: Path, data: Path, output: Path, *, max_new_tokens: int
+) -> list[GenerationReport]:
+    """Answers of ``model_dir`` + ``adapter`` to the demo's safety and benign prompts, one model load for both sets.
+
+    The same engine and arguments as ``rejection-align generate --benchmark generic --template llava --device cpu
+    --dtype float32 --overwrite``; returns its reports (answers written to ``output/<prompt file stem>.jsonl``).
+    """
+    from ..eval.benchmarks import load_generic
+    from ..eval.generate import build_generator, generate_to_files, infer_arguments
+
+    prompt_sets = [load_generic(data / "safety_prompts.json"), load_generic(data / "benign_prompts.json", benign=True)]
+    arguments = infer_arguments(model=model_dir, adapter=adapter, template=TEMPLATE, dtype="float32")
+    with warnings.catch_warnings():  # peft warns about tied weights the tiny model does not tie
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+        generator = build_generator(arguments, backend="hf", device="cpu")
+    return [
+        generate_to_files(items, output, generator, max_new_tokens=max_new_tokens, overwrite=True, progress=False)
+        for items in prompt_sets
+    ]
 
 
 def _show_answers(label: str, results: Path, n: int = 2) -> None:
@@ -444,9 +524,3 @@ def _show_answers(label: str, results: Path, n: int = 2) -> None:
     for line in results.read_text(encoding="utf-8").splitlines()[:n]:
         record = json.loads(line)
         print(f"      {label + ':':<9} {record.get('prompt', '')[:60]!r} -> {record.get('continuation', '')[:70]!r}")
-
-
-if __name__ == "__main__":
-    from ..cli import main
-
-    raise SystemExit(main(["demo", *sys.argv[1:]]))

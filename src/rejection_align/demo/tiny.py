@@ -10,10 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from packaging.version import Version
+
+from ..errors import ConfigError
+from ..files import atomic_write_json
 
 
 if TYPE_CHECKING:
@@ -23,7 +29,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BUILD_VERSION = 2  # bump when the build changes, so stale stamps trigger a rebuild
-STAMP_NAME = "rejection_align_tiny.json"
+STAMP_NAME = "rejection_align_tiny.json"  # marks a folder as tiny-model's: only such folders are built over
+
+PATCH_SIZE = 14  # CLIP's, as in llava-1.5 and Qwen2-VL
+DEFAULT_IMAGE_SIZE = 28  # 2 x 2 patches: 4 image tokens
+# Image tokens share the text model's 4096 positions with the prompt: at most a quarter of them.
+MAX_IMAGE_TOKENS = 1024
+N_HEADS = 4
 
 UNK, BOS, EOS, PAD, IMAGE = "<unk>", "<s>", "</s>", "<pad>", "<image>"
 BASE_SPECIAL_TOKENS = (UNK, BOS, EOS, PAD, IMAGE)
@@ -142,15 +154,20 @@ def build_tiny_tokenizer(
     return tokenizer
 
 
+def transformers_major() -> int:
+    """The major version of the transformers in use; 4.x and 5.x differ in a few places below."""
+    import transformers
+
+    return Version(transformers.__version__).major
+
+
 def _extra_tokens_argument() -> str:
     """The tokenizer argument for a list of extra special tokens: transformers 5 renamed it.
 
     In 4.x ``extra_special_tokens`` means a dict of *named* tokens (a list fails with ``'list' object has no
     attribute 'keys'``) and the list goes in ``additional_special_tokens``.
     """
-    import transformers
-
-    return "extra_special_tokens" if int(transformers.__version__.split(".")[0]) >= 5 else "additional_special_tokens"
+    return "extra_special_tokens" if transformers_major() >= 5 else "additional_special_tokens"
 
 
 def _build_params(seed: int, image_size: int, patch_size: int, hidden_size: int, vocab_size: int) -> dict[str, Any]:
@@ -164,6 +181,44 @@ def _build_params(seed: int, image_size: int, patch_size: int, hidden_size: int,
     }
 
 
+def check_sizes(
+    *, seed: int, hidden_size: int, vocab_size: int, image_size: int | None = None, patch_size: int = PATCH_SIZE
+) -> None:
+    """Refuse, before anything is written, what would build a broken model or fail half-way with a traceback."""
+    if not 0 <= seed < 2**64:
+        raise ConfigError(f"seed {seed}: must be from 0 to 2**64 - 1 (torch's range)")
+    if patch_size < 1:
+        raise ConfigError(f"patch size {patch_size}: must be at least 1")
+    if image_size is not None:
+        largest = patch_size * math.isqrt(MAX_IMAGE_TOKENS)
+        if not patch_size <= image_size <= largest or image_size % patch_size:
+            raise ConfigError(
+                f"image size {image_size}: must be a multiple of the patch size {patch_size} from {patch_size} to "
+                f"{largest} ((size / {patch_size})**2 image tokens, at most {MAX_IMAGE_TOKENS})"
+            )
+    # Each of the N_HEADS heads needs an even size (rotary embeddings), and each of Qwen2-VL's three rotary sections
+    # one pair of dimensions: heads of 6 at least.
+    if hidden_size < 6 * N_HEADS or hidden_size % (2 * N_HEADS):
+        raise ConfigError(f"hidden size {hidden_size}: must be a multiple of {2 * N_HEADS}, at least {6 * N_HEADS}")
+    smallest_vocab = 256 + len(BASE_SPECIAL_TOKENS) + len(QWEN_SPECIAL_TOKENS)
+    if vocab_size < smallest_vocab:
+        raise ConfigError(f"vocab size {vocab_size}: must be at least {smallest_vocab} (256 bytes + special tokens)")
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Build only into a new or empty folder, or over an earlier tiny-model build: never over someone's model."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: exists and is not a folder")
+    if (out_dir / STAMP_NAME).is_file():
+        return
+    if any(out_dir.iterdir()):
+        raise ConfigError(
+            f"{out_dir}: not empty and not made by tiny-model (no {STAMP_NAME}); give a new or empty folder"
+        )
+
+
 def _is_built(out_dir: Path, params: dict[str, Any]) -> bool:
     stamp = out_dir / STAMP_NAME
     if not stamp.is_file() or not (out_dir / "config.json").is_file():
@@ -174,13 +229,22 @@ def _is_built(out_dir: Path, params: dict[str, Any]) -> bool:
         return False
 
 
-
 def _save_build(
-    out_dir: Path, model: Any, processor: Any, tokenizer: Any, params: dict, n_image_tokens: Any, fix_config: Any = None
+    out_dir: Path,
+    model: Any,
+    processor: Any,
+    tokenizer: Any,
+    params: dict,
+    n_image_tokens: Any,
+    fix_config: Any = None,
 ) -> int:
-    """Save a built model with its processor and tokenizer; the stamp, written last, marks the build finished."""
+    """Save a built model with its processor and tokenizer; the stamp, written last, marks the build finished.
+
+    A stamp without parameters goes first: a build killed half-way does not look finished, yet the folder still
+    reads as tiny-model's, so the next call builds over it.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / STAMP_NAME).unlink(missing_ok=True)  # a half-written build must not look finished
+    atomic_write_json(out_dir / STAMP_NAME, {"params": None, "state": "building"})
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -188,15 +252,16 @@ def _save_build(
         fix_config(out_dir / "config.json")
     n_params = sum(p.numel() for p in model.parameters())
     stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": n_image_tokens}
-    (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
+    atomic_write_json(out_dir / STAMP_NAME, stamp)
     return n_params
+
 
 def build_tiny_llava(
     out_dir: str | os.PathLike,
     *,
     seed: int = 0,
-    image_size: int = 28,
-    patch_size: int = 14,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
     hidden_size: int = 64,
     vocab_size: int = 512,
 ) -> Path:
@@ -204,20 +269,20 @@ def build_tiny_llava(
 
     The image token count is ``(image_size // patch_size) ** 2`` (4 by default): the CLIP tower adds a CLS
     position and the ``default`` feature strategy drops it, as in ``llava-hf/llava-1.5-7b-hf``. A second call
-    with the same arguments finds the stamp file and returns at once.
+    with the same arguments finds the stamp file and returns at once. ``out_dir`` must be new, empty or an earlier
+    build (:class:`ConfigError` otherwise, as for sizes that make no model; nothing is written then).
     """
-    import transformers
-
     out_dir = Path(out_dir)
+    check_sizes(
+        seed=seed, hidden_size=hidden_size, vocab_size=vocab_size, image_size=image_size, patch_size=patch_size
+    )
     params = _build_params(seed, image_size, patch_size, hidden_size, vocab_size)
     # transformers 4.x and 5.x name the CLIP tower's weights differently: a build of one loads badly in the other
-    params["transformers_major"] = int(transformers.__version__.split(".")[0])
+    params["transformers_major"] = transformers_major()
     if _is_built(out_dir, params):
         logger.info("tiny LLaVA already built in %s", out_dir)
         return out_dir
-
-    if image_size % patch_size:
-        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
+    _check_out_dir(out_dir)
 
     import torch
     from transformers import (
@@ -248,7 +313,7 @@ def build_tiny_llava(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
+        num_attention_heads=N_HEADS,
         num_key_value_heads=2,
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
@@ -299,19 +364,27 @@ def build_tiny_llava(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="output directory (reused when it already holds the same build)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
-    parser.add_argument("--image-size", type=int, default=28, help="image side in pixels (default: 28)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help=f"llava: image side in pixels, a multiple of {PATCH_SIZE} (default: {DEFAULT_IMAGE_SIZE}, "
+        f"{(DEFAULT_IMAGE_SIZE // PATCH_SIZE) ** 2} image tokens)",
+    )
     parser.add_argument(
         "--family",
         choices=FAMILIES,
         default="llava",
-        help="llava (template llava, the default) or qwen2_vl (template qwen2_vl; --image-size does not apply)",
+        help="llava (template llava, the default) or qwen2_vl (template qwen2_vl; its processor sizes the images)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "family", "llava") == "qwen2_vl":
+        if args.image_size is not None:
+            raise ConfigError("--image-size is for --family llava; Qwen2-VL's processor sizes the images itself")
         return run_qwen2_vl(args)
-    out = build_tiny_llava(args.dir, seed=args.seed, image_size=args.image_size)
+    image_size = DEFAULT_IMAGE_SIZE if args.image_size is None else args.image_size
+    out = build_tiny_llava(args.dir, seed=args.seed, image_size=image_size)
     stamp = json.loads((out / STAMP_NAME).read_text(encoding="utf-8"))
     print(f"tiny LLaVA in {out} ({stamp['n_parameters']:,} parameters, {stamp['n_image_tokens']} image tokens)")
     return 0
@@ -350,9 +423,7 @@ def build_qwen2_vl_processor(
 def as_qwen2_tokenizer(tokenizer: Any) -> Any:
     """The same tokenizer as a ``Qwen2TokenizerFast`` where transformers 4.x's ``Qwen2VLProcessor`` insists on that
     class (5.x takes any fast tokenizer, and the tokenizer is returned as it is)."""
-    import transformers
-
-    if type(tokenizer).__name__ in ("Qwen2Tokenizer", "Qwen2TokenizerFast") or int(transformers.__version__[0]) >= 5:
+    if type(tokenizer).__name__ in ("Qwen2Tokenizer", "Qwen2TokenizerFast") or transformers_major() >= 5:
         return tokenizer
 
     from transformers import Qwen2TokenizerFast
@@ -364,9 +435,7 @@ def _qwen2_vl_config_for_4x(path: Path) -> None:
     """transformers 4.x reads a nested ``text_config.model_type`` back as the outer config's ``model_type``
     (``qwen2_vl_text``), and LLaMA-Factory then misses that the model is Qwen2-VL (no frozen vision tower, LoRA on
     the merger's ``0``/``2`` layers); the nested key is redundant, so it is left out there."""
-    import transformers
-
-    if int(transformers.__version__[0]) >= 5:
+    if transformers_major() >= 5:
         return
 
     config = json.loads(path.read_text(encoding="utf-8"))
@@ -384,14 +453,16 @@ def build_tiny_qwen2_vl(
     ``QWEN_IMAGE_MIN_PIXELS`` and ``QWEN_IMAGE_MAX_PIXELS``. A second call with the same arguments returns at once.
     """
     out_dir = Path(out_dir)
+    check_sizes(seed=seed, hidden_size=hidden_size, vocab_size=vocab_size)
     params = {
-        **_build_params(seed, 0, 14, hidden_size, vocab_size),
+        **_build_params(seed, 0, PATCH_SIZE, hidden_size, vocab_size),
         "family": "qwen2_vl",
         "pixels": [QWEN_IMAGE_MIN_PIXELS, QWEN_IMAGE_MAX_PIXELS],
     }
     if _is_built(out_dir, params):
         logger.info("tiny Qwen2-VL already built in %s", out_dir)
         return out_dir
+    _check_out_dir(out_dir)
 
     import torch
     from transformers import GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration
@@ -401,7 +472,7 @@ def build_tiny_qwen2_vl(
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.chat_template = None
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
-    n_heads = 4
+    n_heads = N_HEADS
     head_dim = hidden_size // n_heads
     third = head_dim // 2 // 3
     mrope_section = [head_dim // 2 - 2 * third, third, third]  # sums to head_dim / 2
@@ -425,7 +496,7 @@ def build_tiny_qwen2_vl(
         "hidden_size": hidden_size,
         "num_heads": 2,
         "mlp_ratio": 2,
-        "patch_size": 14,
+        "patch_size": PATCH_SIZE,
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
