@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import DataError
 from ..files import atomic_write_json, file_lock
 from . import json_problems
-from .llava_format import SHAREGPT_COLUMNS
+from .sharegpt import SHAREGPT_COLUMNS
 
 
 logger = logging.getLogger(__name__)
@@ -223,26 +223,16 @@ def check_dataset_file(path: str | os.PathLike) -> None:
                 if line.strip():
                     try:
                         msgspec.json.decode(line, type=dict)
-                    except msgspec.ValidationError:
-                        kind = json_problems.kind_of_text(line)
-                        raise DataError(
-                            f"{path}: line {number} is not a JSON object (it is {json_problems.a_kind(kind)})"
-                        ) from None
                     except (msgspec.DecodeError, UnicodeDecodeError) as err:
-                        problem = json_problems.describe(line, json_problems.byte_of(err))
-                        raise DataError(f"{path}: line {number} is not a JSON object ({problem})") from None
+                        why = json_problems.why_refused(err, line)
+                        raise DataError(f"{path}: line {number} is not a JSON object ({why})") from None
             return
         for number, raw in enumerate(msgspec.json.decode(data, type=list[msgspec.Raw])):
             if bytes(memoryview(raw)[:1]) != b"{":
                 raise DataError(f"{path}: record {number} is not a JSON object; nothing registered")
-    except msgspec.ValidationError:
-        kind = json_problems.kind_of_text(data)
-        raise DataError(
-            f"{path}: not a JSON array of records (it is {json_problems.a_kind(kind)}); nothing registered"
-        ) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as err:
-        problem = json_problems.describe(data, json_problems.byte_of(err))
-        raise DataError(f"{path}: not a JSON array of records ({problem}); nothing registered") from None
+        why = json_problems.why_refused(err, data)
+        raise DataError(f"{path}: not a JSON array of records ({why}); nothing registered") from None
     except RecursionError:
         raise DataError(f"{path}: nested too deeply; nothing registered") from None
 
