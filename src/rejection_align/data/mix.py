@@ -37,12 +37,12 @@ from .llava_format import (
     GPT,
     HUMAN,
     IMAGE_TAG,
-    WHAT_ABOUT,
     JsonArrayWriter,
     LlavaFile,
     encode_record,
     find_missing_images,
     gc_paused,
+    is_follow_up,
     missing_images_message,
     record_images,
     to_sharegpt,
@@ -114,7 +114,7 @@ def strip_image_tags(question: str) -> str:
 
 def is_what_about(question: str) -> bool:
     """A "what about ..." follow-up only makes sense after the previous turn: never kept alone by --random-turn."""
-    return WHAT_ABOUT in question.lower()
+    return is_follow_up(question)
 
 
 def make_rejection_record(record: dict, reply: str, rng: random.Random | None) -> dict:
