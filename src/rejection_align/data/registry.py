@@ -87,12 +87,23 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
+def _refuse_dangling_link(path: Path) -> None:
+    """A dataset_info.json that is a link to nothing: writing through it would create a file wherever it points
+    (outside the project, folders included), so it is refused."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(
+            f"{path}: a symlink to {os.readlink(path)}, which does not exist; refusing to write through it "
+            "(remove the link or point it at an existing file)"
+        )
+
+
 def read_dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     """The entries of a dataset_info.json (``{}`` when the file does not exist); a malformed file is a DataError.
 
     Duplicate names are an error too: rewriting the file would silently drop all but the last of them.
     """
     path = Path(path)
+    _refuse_dangling_link(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -159,6 +170,7 @@ def register_dataset(
     """
     _validate(name, entry)
     path = Path(dataset_info_path)
+    _refuse_dangling_link(path)  # (before the lock, which would create its folder)
     with file_lock(os.path.realpath(path)):  # one lock per real file, whatever link it is reached by
         info = read_dataset_info(path)
         action = _decide(path, info, name, entry, force)

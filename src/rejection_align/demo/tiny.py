@@ -174,9 +174,14 @@ def _is_built(out_dir: Path, params: dict[str, Any]) -> bool:
         return False
 
 
-
 def _save_build(
-    out_dir: Path, model: Any, processor: Any, tokenizer: Any, params: dict, n_image_tokens: Any, fix_config: Any = None
+    out_dir: Path,
+    model: Any,
+    processor: Any,
+    tokenizer: Any,
+    params: dict,
+    n_image_tokens: Any,
+    fix_config: Any = None,
 ) -> int:
     """Save a built model with its processor and tokenizer; the stamp, written last, marks the build finished."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +195,7 @@ def _save_build(
     stamp = {"params": params, "n_parameters": n_params, "n_image_tokens": n_image_tokens}
     (out_dir / STAMP_NAME).write_text(json.dumps(stamp, indent=2) + "\n", encoding="utf-8")
     return n_params
+
 
 def build_tiny_llava(
     out_dir: str | os.PathLike,
