@@ -329,12 +329,18 @@ def test_empty_array_has_no_records(tmp_path):
     ],
 )
 def test_text_that_is_not_a_json_array_is_an_error_naming_the_file(tmp_path, content, expected):
+    path, message = read_error(tmp_path, content)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def read_error(tmp_path: Path, content: bytes) -> tuple[Path, str]:
+    """The message of reading a file holding ``content``."""
     path = tmp_path / "broken.json"
     path.write_bytes(content)
     with pytest.raises(DataError) as err:
         LlavaFile.read(path)
-    assert str(err.value).startswith(f"{path}: ")
-    assert expected in str(err.value)
+    return path, str(err.value)
 
 
 def test_invalid_utf8_inside_a_record_names_the_record(tmp_path):
@@ -375,11 +381,8 @@ def test_invalid_utf8_in_an_id_is_named_by_the_id_pass_too(tmp_path):
     ],
 )
 def test_each_kind_of_broken_json_is_found_and_worded_by_us_with_its_record_and_place(tmp_path, content, expected):
-    path = tmp_path / "broken.json"
-    path.write_bytes(content)
-    with pytest.raises(DataError) as err:
-        LlavaFile.read(path)
-    assert str(err.value).startswith(f"{path}: {expected}")
+    path, message = read_error(tmp_path, content)
+    assert message.startswith(f"{path}: {expected}")
 
 
 @pytest.mark.parametrize(
