@@ -1,4 +1,4 @@
-"""Safe file writing: whole files appear at once (temp file + rename), and shared files are locked.
+"""Safe file writing: whole files appear at once (temp file + rename), and shared files are locked (``filelock``).
 
 Temporary files are named ``.NAME.PID.RANDOM.tmp`` beside their target, so that a later run can tell its own
 leftovers (a process that no longer exists, killed before it could clean up) from another process's work in progress.
@@ -7,7 +7,6 @@ SIGTERM is turned into an exception while a temporary file is open, so that ``ki
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import re
@@ -159,22 +158,62 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 2
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Exclusive advisory lock on ``<path>.lock``, held across processes for the duration of the block.
+    """Exclusive lock on ``<path>.lock`` (``filelock``: ``flock`` on POSIX), held across processes for the block; the
+    lock file is removed when the block ends, so that nothing is left beside the user's files.
 
-    The lock file is never opened through a symlink (someone could point it at a file we would then create or
-    append to).
+    Removing a lock file can break mutual exclusion: a process waiting on the old file would get it after its
+    removal while a newcomer locks a new file at the same name. So the file is removed only by its holder, before it
+    lets go, and every process that gets a lock checks that the name still leads to the file it locked (else it
+    tries again on the new one); recent filelock releases check this too. Where the descriptor filelock holds cannot
+    be found (a release that keeps it elsewhere), the file is kept, as filelock itself does. A lock file that is a
+    symlink is refused (someone could point it at a file we would then create or truncate).
     """
+    import filelock
+
     lock_path = Path(f"{os.fspath(path)}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise OSError(err.errno, "lock file is a symlink, refusing to follow it", os.fspath(lock_path)) from None
-        raise _with_filename(err, lock_path) from None
-    with os.fdopen(fd, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        raise _with_filename(err, lock_path.parent) from None
+    while True:
+        if lock_path.is_symlink():
+            raise OSError(errno.ELOOP, "lock file is a symlink, refusing to follow it", os.fspath(lock_path))
+        lock = filelock.FileLock(os.fspath(lock_path), mode=DEFAULT_MODE)
         try:
-            yield
+            lock.acquire()
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise OSError(
+                    err.errno, "lock file is a symlink, refusing to follow it", os.fspath(lock_path)
+                ) from None
+            raise _with_filename(err, lock_path) from None
+        fd = _held_descriptor(lock)
+        if fd is None or _names(lock_path, fd):
+            break
+        lock.release()  # the file was removed by its last holder while we waited for it: lock the one there now
+    try:
+        yield
+    finally:
+        try:
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock_path)
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            lock.release()
+
+
+def _held_descriptor(lock: Any) -> int | None:
+    """The descriptor of the file a ``filelock`` lock holds (filelock keeps it in ``_context`` since 3.12, in
+    ``_lock_file_fd`` before); None if it cannot be found."""
+    context = getattr(lock, "_context", None)
+    fd = getattr(context, "lock_file_fd", None) if context is not None else getattr(lock, "_lock_file_fd", None)
+    return fd if isinstance(fd, int) else None
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` (not followed if a link) is the file open as ``fd``, and that file was not removed."""
+    try:
+        held = os.fstat(fd)
+        return held.st_nlink > 0 and os.path.samestat(held, os.lstat(path))
+    except OSError:
+        return False

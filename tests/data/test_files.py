@@ -108,3 +108,44 @@ def test_disk_full_error_names_the_file(tmp_path, monkeypatch):
         atomic_write_text(tmp_path / "out.json", "x")
     assert err.value.filename == str(tmp_path / "out.json")
     assert temp_files(tmp_path) == []
+
+
+def test_the_lock_file_is_removed_when_the_block_ends(tmp_path):
+    with file_lock(tmp_path / "info.json"):
+        assert (tmp_path / "info.json.lock").exists()
+    with pytest.raises(RuntimeError), file_lock(tmp_path / "info.json"):
+        raise RuntimeError("failed inside")
+    assert list(tmp_path.iterdir()) == []
+
+
+LOCK_WORKER = """
+import os, sys, time
+from rejection_align.files import file_lock
+target, log, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for _ in range(rounds):
+    with file_lock(target):
+        with open(log, "a") as handle:
+            handle.write(f"enter {os.getpid()}\\n")
+        time.sleep(0.001)
+        with open(log, "a") as handle:
+            handle.write(f"exit {os.getpid()}\\n")
+"""
+
+
+def test_processes_that_take_turns_on_a_removed_lock_file_never_overlap(tmp_path):
+    """Each holder removes the lock file before it lets go; waiters on the removed file must lock the new one."""
+    target, log = tmp_path / "dataset_info.json", tmp_path / "log.txt"
+    rounds = 100
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOCK_WORKER, str(target), str(log), str(rounds)], stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, errors
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 * 4 * rounds
+    for enter, leave in zip(lines[0::2], lines[1::2]):  # one holder at a time: each enter followed by its own exit
+        assert (enter.split()[0], leave.split()) == ("enter", ["exit", enter.split()[1]])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["log.txt"]

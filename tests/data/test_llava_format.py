@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import llava_record as record
-from rejection_align.data import llava_format
+from rejection_align.data import llava_format, reading
+from rejection_align.data import writer as writer_module
 from rejection_align.data.llava_format import (
     FLAG_ALL_WHAT_ABOUT,
     FLAG_HAS_IMAGE,
@@ -208,7 +209,7 @@ def test_a_file_is_mapped_not_copied_and_an_empty_one_is_still_an_error(tmp_path
 
     path = write_json(tmp_path / "f.json", [IMAGE_RECORD])
     with open(path, "rb") as handle:
-        assert isinstance(llava_format._map_or_read(handle), mmap.mmap)
+        assert isinstance(reading._map_or_read(handle), mmap.mmap)
     (tmp_path / "empty.json").write_bytes(b"")
     with pytest.raises(DataError, match="empty file, expected a JSON array"):
         LlavaFile.read(tmp_path / "empty.json")
@@ -216,8 +217,8 @@ def test_a_file_is_mapped_not_copied_and_an_empty_one_is_still_an_error(tmp_path
 
 def test_the_writer_syncs_its_file_to_disk_as_it_goes(tmp_path, monkeypatch):
     synced = []
-    monkeypatch.setattr(llava_format, "SYNC_BYTES", 100)
-    monkeypatch.setattr(llava_format.os, "fdatasync", synced.append)
+    monkeypatch.setattr(writer_module, "SYNC_BYTES", 100)
+    monkeypatch.setattr(writer_module.os, "fdatasync", synced.append)
     with open(tmp_path / "out.json", "wb") as handle:
         writer = llava_format.JsonArrayWriter(handle)
         for _ in range(3):
@@ -328,12 +329,18 @@ def test_empty_array_has_no_records(tmp_path):
     ],
 )
 def test_text_that_is_not_a_json_array_is_an_error_naming_the_file(tmp_path, content, expected):
+    path, message = read_error(tmp_path, content)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def read_error(tmp_path: Path, content: bytes) -> tuple[Path, str]:
+    """The message of reading a file holding ``content``."""
     path = tmp_path / "broken.json"
     path.write_bytes(content)
     with pytest.raises(DataError) as err:
         LlavaFile.read(path)
-    assert str(err.value).startswith(f"{path}: ")
-    assert expected in str(err.value)
+    return path, str(err.value)
 
 
 def test_invalid_utf8_inside_a_record_names_the_record(tmp_path):
@@ -374,11 +381,8 @@ def test_invalid_utf8_in_an_id_is_named_by_the_id_pass_too(tmp_path):
     ],
 )
 def test_each_kind_of_broken_json_is_found_and_worded_by_us_with_its_record_and_place(tmp_path, content, expected):
-    path = tmp_path / "broken.json"
-    path.write_bytes(content)
-    with pytest.raises(DataError) as err:
-        LlavaFile.read(path)
-    assert str(err.value).startswith(f"{path}: {expected}")
+    path, message = read_error(tmp_path, content)
+    assert message.startswith(f"{path}: {expected}")
 
 
 @pytest.mark.parametrize(
@@ -587,3 +591,76 @@ def test_a_bad_record_of_another_layout_is_named_after_the_plain_ones_are_checke
     source = _chunk_file(tmp_path, [PLAIN_TEXTS[0], bad, PLAIN_TEXTS[3]])
     with pytest.raises(DataError, match=re.escape("record 1 (id 'late'): turn 1 (gpt) contains '<image>'")):
         source.sharegpt_lines([0, 1, 2])
+
+
+# ------------------------------------------------------------------------------------------- each rule once
+
+
+def random_records(seed: int, n: int) -> list[dict]:
+    """Valid records, about half of them then broken in one random way (speakers, lengths, values, tags, images)."""
+    import random
+
+    rng = random.Random(seed)
+    breakages = [
+        lambda r: r["conversations"].clear(),
+        lambda r: r["conversations"].pop(),
+        lambda r: rng.choice(r["conversations"]).update({"from": rng.choice(["human", "gpt", "system"])}),
+        lambda r: rng.choice(r["conversations"]).update({"value": rng.choice(["", "  \n"])}),
+        lambda r: r["conversations"][-1].update({"value": "see <image>"}),
+        lambda r: r["conversations"][0].update({"value": "<image>\n" + r["conversations"][0]["value"]}),
+        lambda r: r.update({"image": rng.choice(["", ["a.jpg", ""], ["a.jpg", "b.jpg"], None, "b.jpg"])}),
+    ]
+    out = []
+    for i in range(n):
+        turns = []
+        for _ in range(rng.randint(1, 3)):
+            question = rng.choice(["Q?", "What about it?", "WHAT ABOUT that?"])
+            turns += [{"from": "human", "value": question}, {"from": "gpt", "value": rng.choice(["A.", "What about"])}]
+        image = rng.choice([None, "a.jpg", ["a.jpg", "b.jpg"]])
+        n_images = 0 if image is None else 1 if isinstance(image, str) else len(image)
+        turns[0]["value"] = "<image>\n" * n_images + turns[0]["value"]
+        record = {"id": i, "image": image, "conversations": turns}
+        if rng.random() < 0.5:
+            rng.choice(breakages)(record)
+        out.append(record)
+    return out
+
+
+def test_the_rules_in_list_operations_and_their_wording_agree_on_every_record():
+    """The predicate every path uses refuses a record exactly when the wording (error path) finds a problem in it."""
+    from rejection_align.data import records as rules
+
+    worded_count = 0
+    for record_dict in random_records(0, 400):
+        typed = rules.RECORD.decode(json.dumps(record_dict).encode())
+        try:
+            rules._raise_record_error(typed, "f.json", 0)
+        except DataError:
+            worded = True
+        except AssertionError:  # (it found nothing to word)
+            worded = False
+        worded_count += worded
+        assert rules.check_records([typed]) is not worded, record_dict
+    assert 100 < worded_count < 300
+
+
+def test_many_records_at_once_meet_the_rules_exactly_when_each_one_does():
+    from rejection_align.data import records as rules
+
+    typed = [rules.RECORD.decode(json.dumps(r).encode()) for r in random_records(1, 300)]
+    each = [rules.check_records([record]) for record in typed]
+    assert 50 < sum(each) < 250  # (both kinds are there)
+    good = [typed_record for typed_record, ok in zip(typed, each) if ok]
+    assert rules.check_records(good)
+    for bad in (typed_record for typed_record, ok in zip(typed, each) if not ok):
+        assert not rules.check_records([*good[:7], bad, *good[7:20]])
+    assert rules.follow_ups_only(good) == [rules.follow_ups_only([one])[0] for one in good]
+
+
+@pytest.mark.parametrize(
+    ("image", "count"), [(None, 0), ("a.jpg", 1), ("", -1), (["a.jpg", "b.jpg"], 2), ([], 0), (["a.jpg", ""], -1)]
+)
+def test_one_image_count_serves_validation_and_stats(image, count):
+    from rejection_align.data.records import image_count
+
+    assert image_count(image) == count

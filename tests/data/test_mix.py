@@ -739,7 +739,7 @@ def test_records_of_every_layout_are_written_as_their_sharegpt_form(work):
 def fork_helpers(monkeypatch) -> list[bool]:
     """Lower the thresholds so that the small test files take the forked paths (ids, then every other chunk of 3
     records); return the list of Forked.start results, to prove the children ran."""
-    from rejection_align.data import forked, llava_format, mix
+    from rejection_align.data import forked, mix, reading
 
     stop_other_threads()
     started: list[bool] = []
@@ -751,7 +751,7 @@ def fork_helpers(monkeypatch) -> list[bool]:
         return child
 
     monkeypatch.setattr(forked.Forked, "start", classmethod(spy))
-    monkeypatch.setattr(llava_format, "IDS_IN_CHILD_BYTES", 1)
+    monkeypatch.setattr(reading, "IDS_IN_CHILD_BYTES", 1)
     monkeypatch.setattr(mix, "LINES_IN_CHILD_RECORDS", 1)
     monkeypatch.setattr(mix, "_CHUNK", 3)
     return started

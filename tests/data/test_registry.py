@@ -229,3 +229,29 @@ def test_register_accepts_json_lines_objects_in_a_jsonl_file(data_dir):
     info = data_dir / "dataset_info.json"
     assert main(["register", "lines", "--file", str(lines), "--dataset-info", str(info)]) == 0
     assert json.loads(info.read_text())["lines"]["file_name"] == "mix.jsonl"
+
+
+def test_register_leaves_no_lock_file_beside_dataset_info(data_dir):
+    info = data_dir / "dataset_info.json"
+    assert main(["register", "my_mix", "--file", str(data_dir / "mix.json"), "--dataset-info", str(info)]) == 0
+    assert sorted(os.listdir(data_dir)) == ["dataset_info.json", "mix.json"]
+
+
+def test_register_through_a_dangling_symlink_is_refused_and_creates_nothing_outside(data_dir, tmp_path):
+    outside = tmp_path / "elsewhere" / "dataset_info.json"
+    link = data_dir / "dataset_info.json"
+    link.symlink_to(outside)
+    result = subprocess.run(
+        [sys.executable, "-m", "rejection_align.cli", "register", "m", "--file", str(data_dir / "mix.json")]
+        + ["--dataset-info", str(link)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"rejection-align register: error: {link}: a symlink to {outside}, which does not exist; refusing to write "
+        "through it (remove the link or point it at an existing file)"
+    )
+    assert not (tmp_path / "elsewhere").exists()
+    assert sorted(os.listdir(data_dir)) == ["dataset_info.json", "mix.json"] and link.is_symlink()

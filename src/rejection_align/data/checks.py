@@ -7,7 +7,7 @@ import os
 import re
 
 from ..errors import DataError
-from .llava_format import find_missing_images, missing_images_message
+from .images import find_missing_images, missing_images_message
 
 
 logger = logging.getLogger(__name__)

@@ -288,6 +288,14 @@ def describe(data: Any, hint: int | None = None, scan_bytes: int = 16 << 20) -> 
     return f"not valid JSON: {found.problem} at line {line}, column {column}"
 
 
+def why_refused(err: BaseException, data: Any) -> str:
+    """Why msgspec refused ``data`` as one value of the type it was asked for, in our words: the value's type for a
+    validation error (``it is an array``), else :func:`describe`."""
+    if isinstance(err, msgspec.ValidationError):
+        return f"it is {a_kind(kind_of_text(data))}"
+    return describe(data, byte_of(err))
+
+
 def line_column(data: Any, position: int) -> tuple[int, int]:
     """1-based line and column of byte ``position``."""
     head = bytes(data[:position])

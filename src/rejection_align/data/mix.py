@@ -40,11 +40,11 @@ from .llava_format import (
     GPT,
     HUMAN,
     IMAGE_TAG,
-    WHAT_ABOUT,
     JsonArrayWriter,
     LlavaFile,
     encode_record,
     gc_paused,
+    is_follow_up,
     record_images,
     to_sharegpt,
 )
@@ -274,7 +274,7 @@ def strip_image_tags(question: str) -> str:
 
 def is_what_about(question: str) -> bool:
     """A "what about ..." follow-up only makes sense after the previous turn: never kept alone by --random-turn."""
-    return WHAT_ABOUT in question.lower()
+    return is_follow_up(question)
 
 
 def make_rejection_record(record: dict, reply: str | None, rng: random.Random | None) -> dict:

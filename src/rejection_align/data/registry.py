@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import DataError
 from ..files import atomic_write_json, file_lock
 from . import json_problems
-from .llava_format import SHAREGPT_COLUMNS
+from .sharegpt import SHAREGPT_COLUMNS
 
 
 logger = logging.getLogger(__name__)
@@ -87,12 +87,23 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
+def _refuse_dangling_link(path: Path) -> None:
+    """A dataset_info.json that is a link to nothing: writing through it would create a file wherever it points
+    (outside the project, folders included), so it is refused."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(
+            f"{path}: a symlink to {os.readlink(path)}, which does not exist; refusing to write through it "
+            "(remove the link or point it at an existing file)"
+        )
+
+
 def read_dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     """The entries of a dataset_info.json (``{}`` when the file does not exist); a malformed file is a DataError.
 
     Duplicate names are an error too: rewriting the file would silently drop all but the last of them.
     """
     path = Path(path)
+    _refuse_dangling_link(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -159,6 +170,7 @@ def register_dataset(
     """
     _validate(name, entry)
     path = Path(dataset_info_path)
+    _refuse_dangling_link(path)  # (before the lock, which would create its folder)
     with file_lock(os.path.realpath(path)):  # one lock per real file, whatever link it is reached by
         info = read_dataset_info(path)
         action = _decide(path, info, name, entry, force)
@@ -203,26 +215,16 @@ def check_dataset_file(path: str | os.PathLike) -> None:
                 if line.strip():
                     try:
                         msgspec.json.decode(line, type=dict)
-                    except msgspec.ValidationError:
-                        kind = json_problems.kind_of_text(line)
-                        raise DataError(
-                            f"{path}: line {number} is not a JSON object (it is {json_problems.a_kind(kind)})"
-                        ) from None
                     except (msgspec.DecodeError, UnicodeDecodeError) as err:
-                        problem = json_problems.describe(line, json_problems.byte_of(err))
-                        raise DataError(f"{path}: line {number} is not a JSON object ({problem})") from None
+                        why = json_problems.why_refused(err, line)
+                        raise DataError(f"{path}: line {number} is not a JSON object ({why})") from None
             return
         for number, raw in enumerate(msgspec.json.decode(data, type=list[msgspec.Raw])):
             if bytes(memoryview(raw)[:1]) != b"{":
                 raise DataError(f"{path}: record {number} is not a JSON object; nothing registered")
-    except msgspec.ValidationError:
-        kind = json_problems.kind_of_text(data)
-        raise DataError(
-            f"{path}: not a JSON array of records (it is {json_problems.a_kind(kind)}); nothing registered"
-        ) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as err:
-        problem = json_problems.describe(data, json_problems.byte_of(err))
-        raise DataError(f"{path}: not a JSON array of records ({problem}); nothing registered") from None
+        why = json_problems.why_refused(err, data)
+        raise DataError(f"{path}: not a JSON array of records ({why}); nothing registered") from None
     except RecursionError:
         raise DataError(f"{path}: nested too deeply; nothing registered") from None
 

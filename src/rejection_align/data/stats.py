@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .llava_format import DEFAULT_REJECTION_SENTENCE, LlavaFile, gc_paused
 from .progress import records_bar
+from .reading import LlavaFile, gc_paused
+from .records import DEFAULT_REJECTION_SENTENCE, image_count
 
 
 @dataclass
@@ -62,8 +63,7 @@ def file_stats(
             conversations = record.conversations
             stats.turns += len(conversations)
             pair_counts[len(conversations) // 2] += 1
-            image = record.image
-            n_images = 0 if image is None else 1 if isinstance(image, str) else len(image)
+            n_images = image_count(record.image)
             if n_images:
                 stats.records_with_image += 1
                 stats.images += n_images
