@@ -184,7 +184,8 @@ class FakeGenerator:
         return [f"answer {item.id}" for item in items]
 
 
-KEY0, KEY2 = ('{"id": "%s", "scenario": "sc", "mode": "text"}' % i for i in "02")  # answer lines as generate writes
+# answer lines as generate writes them
+KEY0, KEY2 = (json.dumps({"id": i, "scenario": "sc", "mode": "text"}) for i in "02")
 
 
 def fake_items(n=10):

@@ -132,11 +132,13 @@ class Decoding:
         return kwargs
 
     def generate_kwargs(self) -> dict[str, Any]:
-        """What to pass to ``Generator.generate``: ``max_new_tokens``, ``temperature`` and whatever else is set."""
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
-        for key in ("top_p", "top_k", "repetition_penalty", "do_sample"):
-            if getattr(self, key) is not None:
-                kwargs[key] = getattr(self, key)
+        """What to pass to ``Generator.generate``: ``max_new_tokens``, ``temperature`` and whatever else is used
+        (after ``resolved()``: greedy passes no top-p or top-k, and ``do_sample`` always follows the temperature)."""
+        used = self.resolved()
+        kwargs: dict[str, Any] = {"max_new_tokens": used.max_new_tokens, "temperature": used.temperature}
+        for key in ("top_p", "top_k", "repetition_penalty"):
+            if getattr(used, key) is not None:
+                kwargs[key] = getattr(used, key)
         return kwargs
 
 
