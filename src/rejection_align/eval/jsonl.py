@@ -100,6 +100,8 @@ def decode(data: bytes | str, decoder: msgspec.json.Decoder = _ANY, *, where: st
         return decoder.decode(data)
     except msgspec.ValidationError as err:
         field, message = field_of(err)
+        if decoder is _ANY:  # no types asked for: a number JSON allows but msgspec cannot hold (beyond 64 bits)
+            raise DataError(f"{where} is not valid JSON here ({message.lower()})") from None
         raise DataError(f"{where}: {('field ' + repr(field) + ': ') if field else ''}{message}") from None
     except RecursionError:
         raise DataError(f"{where} is {MAX_DEPTH_WORDS}") from None
