@@ -262,6 +262,12 @@ def test_bad_options_are_refused_before_the_model_loads(tmp_path, capsys, flags,
     assert __import__("re").search(message, err), err
 
 
+def test_a_prompt_with_an_image_placeholder_but_no_image_is_refused_before_the_model_loads(tmp_path, capsys):
+    path = write_prompts(tmp_path, {"id": "a", "prompt": "fine"}, {"id": "b", "prompt": "Look: <image> what?"})
+    assert cli_generic(path, tmp_path / "out", "--model", str(tmp_path / "no-model"), "--template", "llava") == 2
+    assert "p.jsonl record 1, id 'b': the prompt holds '<image>' but no image" in capsys.readouterr().err
+
+
 def test_an_output_that_is_a_file_is_refused_before_the_model_loads(tmp_path, capsys):
     (tmp_path / "out").write_text("not a folder")
     args = ["--model", str(tmp_path / "no-model"), "--template", "llava"]

@@ -54,7 +54,7 @@ from .backends import (
     library_logs,
 )
 from .benchmarks import FIGSTEP_INSTRUCTION, MMSAFETYBENCH_MODES, Item, decode_images, load_benchmark
-from .prompts import HF_CHAT
+from .prompts import HF_CHAT, user_content
 from .records import ANSWER_KEY
 from .settings import (
     DEFAULT_BATCH_SIZE,
@@ -146,7 +146,7 @@ def _settings_of(generator: Generator, decoding: Decoding, settings: Mapping[str
 def _inside(output_dir: Path, name: str) -> Path | None:
     """``output_dir / name`` when ``name`` is a plain relative path inside it (a record is not trusted further)."""
     parts = Path(name).parts
-    if not parts or Path(name).is_absolute() or ".." in parts:
+    if not parts or Path(name).is_absolute() or ".." in parts or not name.endswith(".jsonl"):
         return None
     return output_dir / name
 
@@ -405,6 +405,8 @@ def run(args: argparse.Namespace) -> int:
         paths = sorted({output / f"{item.output}.jsonl" for item in items})
         done, _ = check_resumable(output, paths, settings, repair=False)
         todo = [item for item in items if item.key not in done[output / f"{item.output}.jsonl"]]
+    for item in todo:  # a prompt that holds the image placeholder but has no image: refused now, not mid-run
+        user_content(item)
     decode_images(todo, progress=not opts.no_progress)  # a corrupt image stops the run before the first answer
     if backend == "hf":
         check_device(opts.device)
