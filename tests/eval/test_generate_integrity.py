@@ -275,6 +275,16 @@ def test_an_output_that_is_a_file_is_refused_before_the_model_loads(tmp_path, ca
     assert "is a file, not a folder" in capsys.readouterr().err
 
 
+def test_an_output_through_a_dangling_link_or_a_settings_record_that_is_a_folder_is_named(tmp_path, capsys):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere" / "deeper")
+    args = ["--model", str(tmp_path / "no-model"), "--template", "llava"]
+    assert cli_generic(generic_prompts(tmp_path), tmp_path / "link", *args) == 2
+    assert "which does not exist" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    (tmp_path / "out" / SETTINGS_NAME).mkdir(parents=True)
+    assert cli_generic(generic_prompts(tmp_path), tmp_path / "out", *args) == 2
+    assert "expected generate's settings record (a file)" in capsys.readouterr().err
+
+
 def test_a_yaml_temperature_that_is_not_a_number_is_named(tmp_path, capsys):
     config = tmp_path / "infer.yaml"
     config.write_text(f"model_name_or_path: {tmp_path / 'no-model'}\ntemplate: llava\ntemperature: hot\n")

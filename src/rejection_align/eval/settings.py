@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,8 @@ class GenerateOptions:
             if value is not None and not _is_text(value):
                 raise ConfigError(f"--{name}: {value!r} is not valid Unicode text (bytes the shell did not decode)")
         output = Path(self.output)
+        if output.is_symlink() and not output.exists():
+            raise ConfigError(f"--output {output}: a link to {os.readlink(output)}, which does not exist")
         if output.exists() and not output.is_dir():
             raise ConfigError(f"--output {output}: is a file, not a folder")
 
@@ -224,8 +227,10 @@ class SettingsRecord:
 
 def read_record(output_dir: Path) -> SettingsRecord | None:
     path = output_dir / SETTINGS_NAME
-    if not path.is_file():
+    if not path.exists():
         return None
+    if not path.is_file():
+        raise DataError(f"{path}: expected generate's settings record (a file), found something else")
     from . import jsonl
 
     data = jsonl.decode(jsonl.read_bytes(path), where=str(path))
