@@ -184,6 +184,10 @@ class FakeGenerator:
         return [f"answer {item.id}" for item in items]
 
 
+# answer lines as generate writes them
+KEY0, KEY2 = (json.dumps({"id": i, "scenario": "sc", "mode": "text"}) for i in "02")
+
+
 def fake_items(n=10):
     return [Item(str(i), "sc", "text", f"q{i}", None, "run") for i in range(n)]
 
@@ -210,13 +214,13 @@ def test_a_cut_off_last_line_is_dropped_and_that_answer_generated_again(tmp_path
 
 
 def test_a_damaged_line_in_the_middle_of_the_output_is_an_error(tmp_path):
-    (tmp_path / "run.jsonl").write_text('{"id": "0"}\nnot json\n{"id": "2"}\n')
+    (tmp_path / "run.jsonl").write_text(f"{KEY0}\nnot json\n{KEY2}\n")
     with pytest.raises(DataError, match="line 2"):
         generate_to_files(fake_items(3), tmp_path, FakeGenerator(), progress=False)
 
 
 def test_a_line_nested_too_deeply_in_the_output_is_an_error_not_a_traceback(tmp_path):
-    (tmp_path / "run.jsonl").write_text('{"id": "0"}\n' + "[" * 5000 + "]" * 5000 + '\n{"id": "2"}\n')
+    (tmp_path / "run.jsonl").write_text(f"{KEY0}\n" + "[" * 5000 + "]" * 5000 + f"\n{KEY2}\n")
     with pytest.raises(DataError, match="line 2"):
         generate_to_files(fake_items(3), tmp_path, FakeGenerator(), progress=False)
 
@@ -229,7 +233,7 @@ def test_an_output_file_that_is_not_utf8_is_an_error_naming_it(tmp_path):
 
 def test_resuming_with_another_model_is_refused(tmp_path):
     generate_to_files(fake_items(2), tmp_path, FakeGenerator(model_ref="base"), progress=False)
-    with pytest.raises(ConfigError, match="already holds answers of model 'base'"):
+    with pytest.raises(ConfigError, match="model: 'base' there, 'other' now"):
         generate_to_files(fake_items(4), tmp_path, FakeGenerator(model_ref="other"), progress=False)
 
 
@@ -422,7 +426,7 @@ def test_resuming_with_another_template_is_refused(tmp_path):
     generate_to_files(fake_items(2), tmp_path, first, progress=False)
     second = FakeGenerator()
     second.template_ref = "vicuna"
-    with pytest.raises(ConfigError, match="prompted with template 'llava', not 'vicuna'"):
+    with pytest.raises(ConfigError, match="template: 'llava' there, 'vicuna' now"):
         generate_to_files(fake_items(3), tmp_path, second, progress=False)
 
 

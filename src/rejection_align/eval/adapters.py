@@ -68,6 +68,29 @@ def check_adapter_base(adapter: str | os.PathLike, model: str | os.PathLike, *, 
     logger.warning("%s (going on: --force-adapter)", message)
 
 
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_adapter_files(adapter: str | os.PathLike) -> None:
+    """Fail before the model loads when the adapter folder lacks its config or its weights (named, not the model)."""
+    read_adapter_config(adapter)
+    if not any((Path(adapter) / name).is_file() for name in WEIGHT_FILES):
+        raise ConfigError(
+            f"adapter {adapter}: no adapter weights ({' or '.join(WEIGHT_FILES)}); a training run writes them when "
+            "it saves a checkpoint: is the run finished, and is this its output_dir?"
+        )
+
+
+def unmatched_weights(adapter: str | os.PathLike, loaded: set[str] | list[str]) -> None:
+    """Refuse an adapter some of whose weights found no module in the model (PEFT skips them without a word)."""
+    if loaded:
+        keys = sorted(loaded)
+        raise ConfigError(
+            f"adapter {adapter} does not fit the base model: {len(keys)} of its weights have no module in the "
+            f"model, e.g. {keys[0]}"
+        )
+
+
 def _adapter_tensor_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
     file = adapter / "adapter_model.safetensors"
     if file.is_file():
@@ -81,7 +104,8 @@ def _adapter_tensor_shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
 
         state = torch.load(file, map_location="cpu", weights_only=True)
         return {key: tuple(value.shape) for key, value in state.items()}
-    raise ConfigError(f"{adapter}: no adapter_model.safetensors or adapter_model.bin")
+    check_adapter_files(adapter)  # raises: no weights
+    return {}
 
 
 def load_adapter(model: Any, adapter: str | os.PathLike, *, merge: bool = True) -> Any:
@@ -102,12 +126,7 @@ def load_adapter(model: Any, adapter: str | os.PathLike, *, merge: bool = True) 
         first = "; ".join(line.strip() for line in str(err).splitlines()[:3] if line.strip())
         raise ConfigError(f"adapter {adapter} does not fit the base model: {first}") from None
     loaded = get_peft_model_state_dict(peft_model)
-    unmatched = sorted(set(shapes) - set(loaded))
-    if unmatched:
-        raise ConfigError(
-            f"adapter {adapter} does not fit the base model: {len(unmatched)} of its {len(shapes)} weights have "
-            f"no module in the model, e.g. {unmatched[0]}"
-        )
+    unmatched_weights(adapter, set(shapes) - set(loaded))
     return peft_model.merge_and_unload() if merge else peft_model
 
 

@@ -12,14 +12,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError, DataError
-from .adapters import check_adapter_base, load_adapter, read_adapter_config
+from .adapters import check_adapter_base, check_adapter_files, load_adapter, read_adapter_config, unmatched_weights
 from .prompts import HF_CHAT, PromptEncoder, user_content
 
 
@@ -52,13 +55,91 @@ class Answer:
 
 
 class Generator(Protocol):
-    """A loaded model that answers a batch of items; ``HFGenerator`` and ``VLLMGenerator`` implement it."""
+    """A loaded model that answers a batch of items; ``HFGenerator`` and ``VLLMGenerator`` implement it.
+
+    ``top_p``, ``top_k``, ``repetition_penalty`` and ``do_sample`` are passed only when they are set (so a generator
+    that takes just ``max_new_tokens`` and ``temperature`` still serves greedy runs).
+    """
 
     model_ref: str
     adapter_ref: str | None
     template_ref: str
 
     def generate(self, items: Sequence[Item], *, max_new_tokens: int, temperature: float = 0.0) -> list[Answer]: ...
+
+
+DEFAULT_MAX_NEW_TOKENS = 512
+# the keys of LLaMA-Factory's GeneratingArguments that generate applies (as `llamafactory-cli chat` does)
+DECODING_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "do_sample")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How answers are decoded. ``resolved()`` applies ``llamafactory-cli chat``'s rules: temperature 0 means greedy,
+    and greedy decoding has no temperature, top-p or top-k. ``None`` leaves the model's generation config default.
+    """
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    do_sample: bool | None = None
+
+    def check(self, where: str = "") -> None:
+        """Refuse values transformers would reject late or quietly misuse (NaN, negative temperature, ...)."""
+        at = f" ({where})" if where else ""
+        numbers = {"temperature": self.temperature, "top_p": self.top_p, "repetition_penalty": self.repetition_penalty}
+        for name, value in numbers.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ConfigError(f"{name} must be a number{at}, got {value!r}")
+        for name, value in (("max_new_tokens", self.max_new_tokens), ("top_k", self.top_k)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{name} must be an integer{at}, got {value!r}")
+        if self.do_sample is not None and not isinstance(self.do_sample, bool):
+            raise ConfigError(f"do_sample must be true or false{at}, got {self.do_sample!r}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1{at}, got {self.max_new_tokens}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ConfigError(f"temperature must be 0 (greedy) or more{at}, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1]{at}, got {self.top_p}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ConfigError(f"top_k must be 0 (off) or more{at}, got {self.top_k}")
+        if self.repetition_penalty is not None and not (
+            math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0
+        ):
+            raise ConfigError(f"repetition_penalty must be above 0{at}, got {self.repetition_penalty}")
+        if self.do_sample and self.temperature == 0:
+            raise ConfigError(f"do_sample is true but temperature is 0{at}: give a temperature above 0 to sample")
+
+    def resolved(self) -> Decoding:
+        """The settings actually used: sampling or greedy made explicit, the greedy-only values dropped."""
+        sample = self.temperature > 0 if self.do_sample is None else self.do_sample and self.temperature > 0
+        if not sample:
+            return Decoding(self.max_new_tokens, 0.0, None, None, self.repetition_penalty, False)
+        return dataclasses.replace(self, do_sample=True)
+
+    def hf_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for transformers' ``generate`` (greedy also clears the model's own sampling config)."""
+        used = self.resolved()
+        kwargs: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if used.do_sample:
+            kwargs = {"do_sample": True, "temperature": used.temperature}
+            kwargs.update({key: getattr(used, key) for key in ("top_p", "top_k") if getattr(used, key) is not None})
+        if used.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = used.repetition_penalty
+        return kwargs
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """What to pass to ``Generator.generate``: ``max_new_tokens``, ``temperature`` and whatever else is used
+        (after ``resolved()``: greedy passes no top-p or top-k, and ``do_sample`` always follows the temperature)."""
+        used = self.resolved()
+        kwargs: dict[str, Any] = {"max_new_tokens": used.max_new_tokens, "temperature": used.temperature}
+        for key in ("top_p", "top_k", "repetition_penalty"):
+            if getattr(used, key) is not None:
+                kwargs[key] = getattr(used, key)
+        return kwargs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,9 +238,11 @@ def _looks_local(path: str) -> bool:
     return os.path.isabs(path) or path.startswith(".") or path.count("/") > 1
 
 
-def _check_adapters(args: Mapping[str, Any], *, force: bool) -> None:
+def check_adapters(args: Mapping[str, Any], *, force: bool) -> None:
+    """Each local adapter folder: there, with config and weights, trained on this base model (before anything loads)."""
     for adapter in adapter_paths(args):
         if os.path.isdir(adapter):
+            check_adapter_files(adapter)
             check_adapter_base(adapter, str(args["model_name_or_path"]), force=force)
         elif _looks_local(adapter):
             raise ConfigError(f"adapter folder {adapter} not found (train it first, or pass --adapter DIR)")
@@ -198,6 +281,104 @@ def _missing_adapter_keys_are_errors(adapter: str | None) -> Iterator[None]:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
+@contextlib.contextmanager
+def _adapter_load_results() -> Iterator[list[Any]]:
+    """PEFT's load result of each adapter LLaMA-Factory loads (its unexpected keys: weights with no module)."""
+    import peft.peft_model
+
+    original = peft.peft_model.set_peft_model_state_dict
+    results: list[Any] = []
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        results.append(result)
+        return result
+
+    peft.peft_model.set_peft_model_state_dict = recording
+    try:
+        yield results
+    finally:
+        peft.peft_model.set_peft_model_state_dict = original
+
+
+def check_device(device: str | None) -> None:
+    """``--device`` names a torch device this machine has (checked before the model loads)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"--device {device!r} is not a torch device ({err}); expected cpu, cuda, cuda:N or mps"
+        ) from None
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "meta":
+        raise ConfigError("--device meta holds no weights and cannot generate; expected cpu, cuda, cuda:N or mps")
+    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        build = " (this torch is a CPU-only build)" if parsed.type == "cuda" and torch.version.cuda is None else ""
+        raise ConfigError(
+            f"--device {device}: no {parsed.type.upper()} device on this machine{build}; use --device cpu"
+        )
+    count = getattr(backend, "device_count", lambda: 1)()
+    if parsed.index is not None and parsed.index >= count:
+        raise ConfigError(f"--device {device}: this machine has {count} {parsed.type} device(s), numbered from 0")
+
+
+def check_llamafactory() -> None:
+    """LLaMA-Factory imports (generate loads models and templates through it), or a message saying what failed."""
+    try:
+        from llamafactory.data import get_template_and_fix_tokenizer  # noqa: F401
+        from llamafactory.hparams import get_infer_args  # noqa: F401
+        from llamafactory.model import load_model, load_tokenizer  # noqa: F401
+    except Exception as err:  # a missing package, or a broken one (any error raised while importing it)
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ConfigError(
+            f"LLaMA-Factory cannot be imported ({type(err).__name__}: {first}); generate loads models and templates "
+            "through it: pip install 'llamafactory>=0.9.4' (or --template hf-chat, which does not need it)"
+        ) from None
+
+
+# transformers' and LLaMA-Factory's deprecation notices that say nothing to a user of generate
+KNOWN_WARNINGS = (
+    r".*`use_fast` parameter is deprecated.*",
+    r".*`torch_dtype` is deprecated.*",
+    r".*tie_word_embeddings.*",
+)
+
+
+@contextlib.contextmanager
+def library_logs(verbose: bool) -> Iterator[None]:
+    """Unless ``verbose``: LLaMA-Factory's and transformers' INFO lines, weight-loading bars and known deprecation
+    warnings are not shown (they say nothing about the answers); warnings and errors still are."""
+    if verbose:
+        yield
+        return
+    import transformers
+
+    lf_logger = logging.getLogger("llamafactory")
+    lf_level = lf_logger.level
+    level = transformers.utils.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    lf_logger.setLevel(logging.WARNING)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            for pattern in KNOWN_WARNINGS:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        lf_logger.setLevel(lf_level)
+        transformers.utils.logging.set_verbosity(level)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
 def load_image(path: str) -> Any:
     from PIL import Image, UnidentifiedImageError
 
@@ -231,14 +412,20 @@ class HFGenerator:
 
         args = {**args, "infer_backend": "huggingface"}
         self.model_ref, self.adapter_ref, self.template_ref = _refs(args)
-        _check_adapters(args, force=force)
+        check_adapters(args, force=force)
         model_args, data_args, finetuning_args, _ = parse_infer_args(args)
         if device:
             model_args.device_map = {"": device}
         self.tokenizer, self.processor, self.template = _load_tokenizer_and_template(model_args, data_args)
         try:
-            with _keep_transformers_verbosity(), _missing_adapter_keys_are_errors(self.adapter_ref):
+            with (
+                _keep_transformers_verbosity(),
+                _missing_adapter_keys_are_errors(self.adapter_ref),
+                _adapter_load_results() as results,
+            ):
                 self.model = load_model(self.tokenizer, model_args, finetuning_args, is_trainable=False)
+            for adapter, result in zip(adapter_paths(args), results, strict=False):
+                unmatched_weights(adapter, [key for key in result.unexpected_keys if "lora_" in key])
         except (RuntimeError, KeyError, ValueError) as err:  # PEFT: size mismatch, no target module found
             if self.adapter_ref is None and not isinstance(err, ValueError):
                 raise
@@ -250,6 +437,7 @@ class HFGenerator:
             raise ConfigError(f"cannot load {self.model_ref}: {err}") from None
         self.encoder = PromptEncoder(self.template, self.tokenizer, self.processor, system=system)
         self.device = str(self.model.device)
+        self.dtype_ref = str(self.model.dtype).removeprefix("torch.")
 
     def _mm_inputs(self, encoded: Sequence[Any]) -> dict[str, Any]:
         """Pixel values (and grids) for every image of the batch, built by the plugin as LLaMA-Factory's collator does."""
@@ -279,7 +467,17 @@ class HFGenerator:
             out[key] = value.tolist() if key == "second_per_grid_ts" else value.to(self.model.device)
         return out
 
-    def generate(self, items: Sequence[Item], *, max_new_tokens: int, temperature: float = 0.0) -> list[Answer]:
+    def generate(
+        self,
+        items: Sequence[Item],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        do_sample: bool | None = None,
+    ) -> list[Answer]:
         """Answers for ``items``, in order. Items with and without images may share a batch."""
         import torch
 
@@ -292,9 +490,7 @@ class HFGenerator:
         # the attention mask (with position ids derived from it) makes padded rows match unpadded ones.
         input_ids = [[pad_id] * (length - len(p.input_ids)) + p.input_ids for p in encoded]
         attention = [[0] * (length - len(p.input_ids)) + [1] * len(p.input_ids) for p in encoded]
-        sampling: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature}
+        sampling = Decoding(max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample).hf_kwargs()
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=torch.tensor(input_ids, device=self.model.device),
@@ -343,9 +539,10 @@ class VLLMGenerator:
 
         args = {**args, "infer_backend": "vllm"}
         self.model_ref, self.adapter_ref, self.template_ref = _refs(args)
-        _check_adapters(args, force=force)
+        check_adapters(args, force=force)
         model_args, data_args, _, _ = parse_infer_args(args)
         self.model_args = model_args
+        self.dtype_ref = str(model_args.infer_dtype)
         self.tokenizer, self.processor, self.template = _load_tokenizer_and_template(model_args, data_args)
         self.encoder = PromptEncoder(
             self.template, self.tokenizer, self.processor, system=system, expand_mm_tokens=False
@@ -386,7 +583,17 @@ class VLLMGenerator:
         )["images"]
         return {"multi_modal_data": {"image": regularized[0] if len(regularized) == 1 else regularized}}
 
-    def generate(self, items: Sequence[Item], *, max_new_tokens: int, temperature: float = 0.0) -> list[Answer]:
+    def generate(
+        self,
+        items: Sequence[Item],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        do_sample: bool | None = None,
+    ) -> list[Answer]:
         from vllm import SamplingParams
 
         encoded, requests = [], []
@@ -394,8 +601,12 @@ class VLLMGenerator:
             prompt = self.encoder.encode(item, load_image(item.image) if item.image else None)
             encoded.append(prompt)
             requests.append({"prompt_token_ids": prompt.input_ids, **self._multi_modal_data(prompt.images)})
+        used = Decoding(max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample).resolved()
         params = SamplingParams(
-            temperature=temperature,
+            temperature=used.temperature,
+            top_p=used.top_p if used.top_p is not None else 1.0,
+            top_k=used.top_k if used.top_k else -1,
+            repetition_penalty=used.repetition_penalty if used.repetition_penalty is not None else 1.0,
             max_tokens=max_new_tokens,
             stop_token_ids=self.encoder.stop_token_ids(),
             skip_special_tokens=True,
@@ -483,12 +694,23 @@ class HFChatGenerator:
         if adapters:
             self.model = load_adapter(self.model, adapters[0])
         self.model.to(self.device).eval()
+        self.dtype_ref = str(self.model.dtype).removeprefix("torch.")
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    def generate(self, items: Sequence[Item], *, max_new_tokens: int, temperature: float = 0.0) -> list[Answer]:
+    def generate(
+        self,
+        items: Sequence[Item],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        do_sample: bool | None = None,
+    ) -> list[Answer]:
         import torch
 
         if not items:
@@ -499,9 +721,7 @@ class HFChatGenerator:
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        sampling: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if temperature > 0:
-            sampling = {"do_sample": True, "temperature": temperature}
+        sampling = Decoding(max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample).hf_kwargs()
         with torch.inference_mode():
             output = self.model.generate(
                 **inputs, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling

@@ -32,7 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ..errors import DataError
+from . import jsonl
+from .records import PROMPT, PROMPTS, PromptRecord
 
 
 logger = logging.getLogger(__name__)
@@ -119,37 +123,32 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({err})") from None
 
 
-def parse_json(text: str, where: str) -> Any:
-    """``json.loads`` with its failures as ``DataError``s naming ``where`` (a file, or a file and line).
+def parse_json(text: str | bytes, where: str) -> Any:
+    """A JSON document (msgspec; see ``eval/jsonl.py``), its failures ``DataError``s naming ``where``."""
+    return jsonl.decode(text, where=where)
 
-    ``RecursionError`` (a value nested about 1,000 deep) and the ``ValueError`` of a huge integer are not
-    ``JSONDecodeError``s, so they are caught here too.
-    """
+
+def _read_raw_records(path: Path) -> list[msgspec.Raw]:
+    """The raw JSON of each record of a JSON array or JSON Lines file (a ``.json`` file may hold lines too)."""
+    data = jsonl.read_bytes(path)
     try:
-        return json.loads(text)
-    except RecursionError:
-        raise DataError(
-            f"{where} is nested too deeply to read (Python's JSON reader stops near 1,000 levels)"
-        ) from None
-    except ValueError as err:
-        raise DataError(f"{where} is not valid JSON ({err})") from None
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err})") from None
+    if path.suffix != ".jsonl":
+        try:
+            return PROMPTS.decode(data)
+        except (msgspec.DecodeError, RecursionError):
+            if not (data.lstrip().startswith(b"{") and b"\n" in data.strip()):
+                parsed = parse_json(data, f"{path}: the file")  # raises, or is a JSON value that is not an array
+                raise DataError(
+                    f'{path}: expected a JSON array or JSON Lines of {{"id", "prompt", "image"?}} records, '
+                    f"got {jsonl._kind(parsed)}"
+                ) from None
+    return [line.value for line in jsonl.read_jsonl(path, _RAW, cut_off="error", data=data).lines]
 
 
-def _parse_lines(path: Path, text: str) -> list[Any]:
-    return [parse_json(line, f"{path}: line {i + 1}") for i, line in enumerate(text.splitlines()) if line.strip()]
-
-
-def _read_json_or_jsonl(path: Path) -> Any:
-    """A JSON document, or JSON Lines (by suffix, or a ``.json`` file that turns out to be one object a line)."""
-    text = read_text(path)
-    if path.suffix == ".jsonl":
-        return _parse_lines(path, text)
-    try:
-        return parse_json(text, f"{path}: the file")
-    except DataError:
-        if text.lstrip().startswith("{") and "\n" in text.strip():
-            return _parse_lines(path, text)
-        raise
+_RAW = msgspec.json.Decoder(msgspec.Raw)
 
 
 def check_images(items: Sequence[Item]) -> None:
@@ -166,6 +165,32 @@ def check_images(items: Sequence[Item]) -> None:
         more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
         n_images = len({item.image for item in items if item.image is not None})
         raise DataError(f"{len(missing)} of {n_images} images are missing, for example:\n  {shown}{more}")
+
+
+def decode_images(items: Sequence[Item], *, progress: bool = False) -> None:
+    """Decode every image of ``items`` once, keeping none (memory stays bounded): a corrupt or truncated file stops
+    the run before the first answer, with how many and the first few, as ``check_images`` does for missing ones."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    wanted_by: dict[str, str | None] = {}
+    for item in items:
+        if item.image is not None:
+            wanted_by.setdefault(item.image, item.source)
+    bad: dict[str, str] = {}
+    for image in tqdm(wanted_by, desc="check images", unit="img", disable=not progress or len(wanted_by) < 100):
+        try:
+            with Image.open(image) as opened:
+                opened.load()
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            bad[image] = f"{type(err).__name__}: {err}"[:200]
+    if bad:
+        shown = "\n  ".join(
+            f"{image}: {why}" + (f" ({wanted_by[image]})" if wanted_by[image] else "")
+            for image, why in sorted(bad.items())[:MAX_LISTED]
+        )
+        more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        raise DataError(f"{len(bad)} of {len(wanted_by)} images cannot be decoded, for example:\n  {shown}{more}")
 
 
 def _find_dir(root: Path, name: str) -> Path | None:
@@ -215,8 +240,15 @@ def load_mmsafetybench(
         hints = []
         for name in missing:
             close = difflib.get_close_matches(name, present, n=1, cutoff=0.8)
-            if close:
-                hints.append(f"found {close[0]}.json where {name}.json was expected (the benchmark's spelling)")
+            if not close:
+                continue
+            if scenarios is None:  # our name is the benchmark's spelling; the file was renamed
+                hints.append(
+                    f"found {close[0]}.json where {name}.json was expected (the benchmark's spelling: rename the "
+                    f"file back, or name it with --scenarios {close[0]})"
+                )
+            else:  # the name given is not the file's
+                hints.append(f"--scenarios {name}: no such file; did you mean {close[0]} (the file that is there)?")
         hint = ("; " + "; ".join(hints)) if hints else ""
         subset = "" if scenarios is not None else " (to run a subset, name the scenarios with --scenarios)"
         raise DataError(
@@ -244,7 +276,7 @@ def load_mmsafetybench(
     items: list[Item] = []
     for scenario in wanted:
         path = questions_dir / f"{scenario}.json"
-        questions = _read_json_or_jsonl(path)
+        questions = parse_json(read_text(path), f"{path}: the file")
         if not isinstance(questions, dict):
             raise DataError(
                 f"{path}: expected a JSON object {{question id: {{...}}}}, got a {type(questions).__name__}"
@@ -302,6 +334,48 @@ def load_figstep(
     return items
 
 
+_EXPECTED = {
+    "id": "a string or an integer",
+    "scenario": "a string",
+    "benign": "true or false (a JSON boolean, not a string)",
+}
+
+
+def _prompt_record(path: Path, i: int, raw: Any) -> PromptRecord:
+    """Record ``i`` of a generic file as a ``PromptRecord``; a wrong type is a message naming record and field."""
+    try:
+        return PROMPT.decode(raw)
+    except msgspec.ValidationError as err:
+        field, message = jsonl.field_of(err)
+        value = jsonl.decode(raw, where=f"{path}: record {i}")  # raises for invalid text (a lone surrogate, ...)
+    except (msgspec.DecodeError, RecursionError):
+        jsonl.decode(raw, where=f"{path}: record {i}")  # raises: says what is wrong
+        raise
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: record {i} is {jsonl._kind(value)}, expected an object") from None
+    if "prompt" not in value or field.startswith("prompt"):
+        raise DataError(
+            f'{path}: record {i} has no string \'prompt\'; expected {{"id", "prompt", "image"?}}'
+        ) from None
+    rid = value.get("id", i)
+    rid_text = f" (id {str(rid)!r})" if isinstance(rid, str | int) else ""
+    name = field.split("[")[0].split(".")[0]
+    wrong = value.get(name)
+    if name == "image":
+        if isinstance(wrong, list):
+            bad = next(item for item in wrong if not isinstance(item, str))
+            raise DataError(f"{path}: record {i}{rid_text}: 'image' holds {_kind(bad)}, expected a path") from None
+        raise DataError(
+            f"{path}: record {i}{rid_text}: 'image' is {_kind(wrong)}, expected a path "
+            "(a string, or a list holding one)"
+        ) from None
+    expected = _EXPECTED.get(name, message.lower())
+    raise DataError(
+        f"{path}: record {i}{rid_text}: {name!r} is {jsonl._kind(wrong)} ({json.dumps(wrong)[:40]}), "
+        f"expected {expected}"
+    ) from None
+
+
 def load_generic(
     path: str | os.PathLike,
     *,
@@ -318,33 +392,23 @@ def load_generic(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prompt file not found")
-    records = _read_json_or_jsonl(path)
-    if not isinstance(records, list):
-        raise DataError(f'{path}: expected a JSON array or JSON Lines of {{"id", "prompt", "image"?}} records')
+    raws = _read_raw_records(path)
     base = Path(image_dir) if image_dir is not None else path.parent
     items, seen = [], {}
-    for i, record in enumerate(records):
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-            raise DataError(f'{path}: record {i} has no string \'prompt\'; expected {{"id", "prompt", "image"?}}')
-        rid = str(record.get("id", i))
-        scenario = str(record.get("scenario", path.stem))
+    for i, raw in enumerate(raws):
+        record = _prompt_record(path, i, raw)
+        rid = str(i if record.id is msgspec.UNSET else record.id)
+        scenario = path.stem if record.scenario is msgspec.UNSET else record.scenario
         if (rid, scenario) in seen:
             raise DataError(
                 f"{path}: records {seen[(rid, scenario)]} and {i} share the id {rid!r}; ids must be unique"
             )
         seen[(rid, scenario)] = i
-        image = record.get("image")
+        image = record.image
         if isinstance(image, list):
             if len(image) > 1:
                 raise DataError(f"{path}: record {i} has {len(image)} images; one image per prompt is supported")
-            if image and not isinstance(image[0], str):
-                raise DataError(f"{path}: record {i} (id {rid!r}): 'image' holds {_kind(image[0])}, expected a path")
             image = image[0] if image else None
-        elif image is not None and not isinstance(image, str):
-            raise DataError(
-                f"{path}: record {i} (id {rid!r}): 'image' is {_kind(image)}, expected a path "
-                "(a string, or a list holding one)"
-            )
         if image is not None:
             image = image if os.path.isabs(image) else str(base / image)
         items.append(
@@ -352,10 +416,10 @@ def load_generic(
                 rid,
                 scenario,
                 "image" if image else "text",
-                record["prompt"],
+                record.prompt,
                 image,
                 path.stem,
-                benign or bool(record.get("benign", False)),
+                benign or record.benign,
                 source=f"{path} record {i}, id {rid!r}",
             )
         )

@@ -35,7 +35,8 @@ def user_content(item: Item, placeholder: str = IMAGE_PLACEHOLDER) -> str:
     """The user turn as LLaVA-format training data writes it: ``<image>\\n`` + prompt when the item has an image."""
     if placeholder in item.prompt:
         if not item.image:
-            raise DataError(f"item {item.id!r} ({item.scenario}): the prompt holds {placeholder!r} but no image")
+            where = item.source or f"item {item.id!r} ({item.scenario})"
+            raise DataError(f"{where}: the prompt holds {placeholder!r} but no image")
         return item.prompt
     return (placeholder + "\n" if item.image else "") + item.prompt
 

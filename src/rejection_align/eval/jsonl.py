@@ -1,0 +1,186 @@
+"""JSON and JSON Lines for evaluation files, read one way: msgspec decoding, strict types, one rule for a cut-off line.
+
+The rule for a cut-off last line (the same for every caller): ``generate`` appends one line per answer and a killed
+run can leave its last append unfinished, so **the last line, when it has no closing newline and does not parse, is
+a cut-off write**. Answer files drop it with a warning (``generate`` also removes it from the file before appending);
+input files call it an error (``cut_off="error"``), since a prompt file that ends mid-record is incomplete. Any other
+line that does not parse, or does not have the expected types, is damage: a ``DataError`` naming file, line and field.
+
+Decoding goes through msgspec (a typed Struct per record kind, ``eval/records.py``). msgspec refuses what Python's
+``json`` lets through (NaN, a lone surrogate such as ``"\\ud800"``) but words some of it oddly ("Input data was
+truncated"), so a failed decode is explained by re-reading the text with ``json`` (``explain``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from ..errors import DataError
+
+
+logger = logging.getLogger(__name__)
+
+_ANY = msgspec.json.Decoder()
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+MAX_DEPTH_WORDS = "nested too deeply to read (more than about 1,000 levels)"
+
+
+def _kind(value: Any) -> str:
+    """``an int``, ``a dict``: the type of a wrong value, for messages."""
+    name = {"str": "string", "dict": "object", "list": "list", "NoneType": "null"}.get(type(value).__name__)
+    name = name or type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The JSON path of the first string (or key) holding a lone surrogate, which is not valid Unicode text."""
+    stack = [(value, path)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "$"
+        elif isinstance(value, dict):
+            for key, item in reversed(list(value.items())):
+                if _lone_surrogate(key) is not None:
+                    return f"{path}.{key.encode('utf-8', 'backslashreplace').decode()} (the key)"
+                stack.append((item, f"{path}.{key}"))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{i}]") for i, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
+
+
+def explain(data: bytes | str) -> str:
+    """Why ``data`` is not a valid JSON document, in words (msgspec's own message is terse or misleading)."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return f"not UTF-8 text ({err.reason} at byte {err.start})"
+    try:
+        value = json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        return MAX_DEPTH_WORDS
+    except ValueError as err:  # JSONDecodeError, NaN, an integer too long to convert
+        return f"not valid JSON ({err})"
+    where = _lone_surrogate(value)
+    if where is not None:
+        field = where.lstrip("$.")
+        return f"{('field ' + repr(field)) if field else 'the value'} is not valid Unicode text (a lone surrogate)"
+    return "not valid JSON"
+
+
+def field_of(err: msgspec.ValidationError) -> tuple[str, str]:
+    """(field path, message without the path) of a msgspec validation error: ``$.benign`` -> ``benign``."""
+    text = str(err)
+    match = _PATH.search(text)
+    if match is None:
+        return "", text
+    return match["path"].lstrip("."), text[: match.start()]
+
+
+def decode(data: bytes | str, decoder: msgspec.json.Decoder = _ANY, *, where: str) -> Any:
+    """One JSON document with ``decoder``'s types; every failure a ``DataError`` that names ``where`` and the field."""
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as err:
+        field, message = field_of(err)
+        if decoder is _ANY:  # no types asked for: a number JSON allows but msgspec cannot hold (beyond 64 bits)
+            raise DataError(f"{where} is not valid JSON here ({message.lower()})") from None
+        raise DataError(f"{where}: {('field ' + repr(field) + ': ') if field else ''}{message}") from None
+    except RecursionError:
+        raise DataError(f"{where} is {MAX_DEPTH_WORDS}") from None
+    except msgspec.DecodeError:
+        why = explain(data)
+        raise DataError(f"{where}{': ' if why.startswith(('field', 'the value')) else ' is '}{why}") from None
+
+
+def read_bytes(path: Path) -> bytes:
+    """A file's bytes without a leading UTF-8 byte order mark (editors on Windows write one)."""
+    data = path.read_bytes()
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+
+
+@dataclass(frozen=True)
+class Line:
+    """One decoded line: its 1-based number and its value."""
+
+    number: int
+    value: Any
+
+
+@dataclass(frozen=True)
+class JsonLines:
+    """A JSON Lines file read: the good lines, and where the good part ends (bytes) when a cut-off line was dropped."""
+
+    lines: list[Line]
+    good_size: int
+    cut_off: bool
+    needs_newline: bool
+
+
+def _split(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset of the line's end including its newline, line) for every line."""
+    start = 0
+    number = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end + 1
+        number += 1
+        yield number, end, data[start:end]
+        start = end
+
+
+def read_jsonl(
+    path: str | os.PathLike,
+    decoder: msgspec.json.Decoder = _ANY,
+    *,
+    cut_off: Literal["drop", "error"] = "drop",
+    data: bytes | None = None,
+) -> JsonLines:
+    """Decode each non-blank line of ``path`` with ``decoder``; a cut-off last line dropped (or an error).
+
+    ``data``: the file's bytes when the caller has them already.
+    """
+    path = Path(path)
+    data = read_bytes(path) if data is None else data
+    lines: list[Line] = []
+    good_size = 0
+    for number, end, raw in _split(data):
+        if not raw.strip():
+            good_size = end
+            continue
+        where = f"{path}: line {number}"
+        is_cut = end == len(data) and not raw.endswith(b"\n")
+        try:
+            value = decoder.decode(raw)
+        except msgspec.ValidationError:  # (a DecodeError too: caught first) a wrong type is damage, cut or not
+            decode(raw, decoder, where=where)  # raises the DataError that names the field
+            raise
+        except (msgspec.DecodeError, RecursionError) as err:
+            if is_cut and not isinstance(err, RecursionError) and explain(raw).startswith("not valid JSON"):
+                if cut_off == "error":
+                    raise DataError(f"{where} is cut off (the file ends in the middle of a record)") from None
+                logger.warning("%s: dropping the cut-off last line %d (an interrupted run)", path, number)
+                return JsonLines(lines, good_size, cut_off=True, needs_newline=False)
+            decode(raw, decoder, where=where)  # raises the DataError that says what is wrong
+            raise
+        lines.append(Line(number, value))
+        good_size = end
+    needs_newline = bool(data) and not data.endswith(b"\n")
+    return JsonLines(lines, good_size, cut_off=False, needs_newline=needs_newline)
