@@ -512,9 +512,10 @@ def generate_answers(
     with warnings.catch_warnings():  # peft warns about tied weights the tiny model does not tie
         warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
         generator = build_generator(arguments, backend="hf", device="cpu")
+    # one folder for both sets: only the first starts it over (overwrite clears the whole folder)
     return [
-        generate_to_files(items, output, generator, max_new_tokens=max_new_tokens, overwrite=True, progress=False)
-        for items in prompt_sets
+        generate_to_files(items, output, generator, max_new_tokens=max_new_tokens, overwrite=first, progress=False)
+        for first, items in zip((True, False), prompt_sets)
     ]
 
 
