@@ -89,7 +89,72 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     )
     if summary.get("total") is None and summary.get("modes"):
         lines.append("MM-SafetyBench modes are different attacks: each is totalled on its own, never summed.")
+    lines += _openings_markdown(summary) + _judges_markdown(summary) + _agreement_markdown(summary)
     return "\n".join(lines) + "\n"
+
+
+def _openings_markdown(summary: dict[str, Any]) -> list[str]:
+    entries = [(n, r) for n, r in _file_entries(summary) + _totals(summary) if "opens_with_rejection" in r]
+    if not entries:
+        return []
+    lines = [
+        "",
+        "| file | n | opens with rejection | continues (≥ 10 words) | median continuation (words) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in entries:
+        median = row.get("median_continuation_words")
+        cells = [name, row["n"], row["opens_with_rejection"], row["continues"], DASH if median is None else median]
+        if name.startswith("total"):
+            cells = [f"**{c}**" if c != DASH else c for c in cells]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines.append("")
+    lines.append("Opens with rejection: the answer starts with a rejection sentence; continues: it goes on for 10 "
+                 "words or more (the method's failure mode to watch).")  # fmt: skip
+    return lines
+
+
+def _model_judges(summary: dict[str, Any]) -> list[str]:
+    return [name for name in summary.get("judges") or () if name != "string"]
+
+
+def _judges_markdown(summary: dict[str, Any]) -> list[str]:
+    judges = _model_judges(summary)
+    if not judges:
+        return []
+    lines = [
+        "",
+        "| file | judge | n | safe | unsafe | unparsed | ASR (unsafe / parsed) | unsafe after refusal | categories |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, row in [(n, r) for n, r in _file_entries(summary) + _totals(summary) if "judges" in r]:
+        for judge in judges:
+            j = row["judges"][judge]
+            categories = ", ".join(f"{code} {k}" for code, k in j["categories"].items()) or DASH
+            cells = [name, judge, row["n"], j["safe"], j["unsafe"], j["unparsed"], _pct(j["asr"]),
+                     f"{j['unsafe_after_refusal']} of {j['continuations_judged']}", categories]  # fmt: skip
+            if name.startswith("total"):
+                cells = [f"**{c}**" if c != DASH else c for c in cells]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _agreement_markdown(summary: dict[str, Any]) -> list[str]:
+    if not summary.get("agreement"):
+        return []
+    lines = [
+        "",
+        "| judges | n | both unsafe | only first unsafe | only second unsafe | both safe | Cohen's kappa |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pair in summary["agreement"]:
+        kappa = DASH if pair["kappa"] is None else f"{pair['kappa']:.3f}"
+        cells = [" vs ".join(pair["judges"]), pair["n"], pair["both_unsafe"], pair["only_first_unsafe"],
+                 pair["only_second_unsafe"], pair["both_safe"], kappa]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines.append("")
+    lines.append("The string judge's unsafe = full compliance; unparsed verdicts are left out of the pairs.")
+    return lines
 
 
 def _new_figure(n_rows: int, width: float = 8.0):
@@ -110,6 +175,8 @@ def plot_summary(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     """Horizontal bars, one per file, category and total: ASR (harmful) or refusal rate (benign, hatched)."""
     path = Path(path)
     entries = _file_entries(summary) + _totals(summary)
+    if _model_judges(summary):
+        return _plot_judges(summary, entries, path)
     fig = _new_figure(len(entries))
     ax = fig.add_subplot(1, 1, 1)
     y = list(range(len(entries)))[::-1]
@@ -152,6 +219,32 @@ def _remove_stale_staging(out_dir: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
             except PermissionError:
                 pass
+
+
+def _plot_judges(summary: dict[str, Any], entries: list[tuple[str, dict[str, Any]]], path: Path) -> Path:
+    """Each judge's ASR side by side per file and total (the string judge's is full compliance / n)."""
+    judges = ["string", *_model_judges(summary)]
+    entries = [(name, row) for name, row in entries if not row.get("benign") and "judges" in row]
+    fig = _new_figure(len(entries) * 0.6 * len(judges))
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / len(judges)
+    centers = [float(i) for i in range(len(entries))][::-1]
+    colors = ["tab:red", "tab:purple", "tab:orange", "tab:olive"]
+    for k, judge in enumerate(judges):
+        values = [row["asr"] if judge == "string" else (row["judges"][judge]["asr"] or 0.0) for _, row in entries]
+        offset = 0.4 - height * (k + 0.5)
+        bars = ax.barh([c + offset for c in centers], values, height=height, color=colors[k % 4], label=judge)
+        for bar, value in zip(bars, values, strict=True):
+            ax.text(value + 0.01, bar.get_y() + height / 2, f"{100 * value:.1f}%", va="center", fontsize=7)
+    ax.set_yticks(centers)
+    ax.set_yticklabels([name for name, _ in entries], fontsize=8)
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel("ASR (string: full compliance / n; model judges: unsafe / parsed)")
+    ax.set_title("Attack success rate by judge")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    _save_png(fig, path)
+    return path
 
 
 def _write_report(
@@ -285,7 +378,16 @@ def compare(
         value_b = None if b is None else float(b[metric_key])
         is_total = len(key) == 1
         comparable = value_a is not None and value_b is not None and not (is_total and differences)
-        rows.append(
+        judged = [j for j in (run_a.get("judges") or ()) if j != "string" and j in (run_b.get("judges") or ())]
+        for judge in judged:  # each model judge's ASR beside its own, never beside the string match's
+            ja = None if a is None or "judges" not in a else a["judges"][judge]["asr"]
+            jb = None if b is None or "judges" not in b else b["judges"][judge]["asr"]
+            rows.append({"name": name, "metric": "asr", "judge": judge, "benign": bool(some.get("benign")),
+                         "total": is_total, "a": ja, "b": jb, "n_a": None if a is None else a["n"],
+                         "n_b": None if b is None else b["n"],
+                         "delta": jb - ja if comparable and ja is not None and jb is not None else None})  # fmt: skip
+        rows.insert(
+            len(rows) - len(judged),
             {
                 "name": name,
                 "metric": metric_key,
@@ -296,7 +398,7 @@ def compare(
                 "n_a": None if a is None else a["n"],
                 "n_b": None if b is None else b["n"],
                 "delta": value_b - value_a if comparable else None,
-            }
+            },
         )
     comparison: dict[str, Any] = {"labels": list(labels), "rows": rows, "runs": [run_a, run_b]}
     if differences:
@@ -313,6 +415,8 @@ def compare_markdown(comparison: dict[str, Any]) -> str:
     for row in comparison["rows"]:
         delta = DASH if row["delta"] is None else f"{100 * row['delta']:+.1f} pt"
         cells = [row["name"], "refusal rate" if row["metric"] == "refusal_rate" else "ASR"]
+        if row.get("judge"):
+            cells[1] += f" ({row['judge']})"
         cells += [_pct(row["a"]), _pct(row["b"]), delta]
         if row["total"]:
             cells = [f"**{c}**" if c != DASH else c for c in cells]
