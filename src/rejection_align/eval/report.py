@@ -450,7 +450,11 @@ def plot_compare(comparison: dict[str, Any], path: str | os.PathLike) -> Path:
             if row[key] is not None:
                 ax.text(row[key] + 0.01, bar.get_y() + height / 2, f"{100 * row[key]:.1f}%", va="center", fontsize=7)
     ax.set_yticks(centers)
-    ax.set_yticklabels([f"{row['name']} ({'refusal' if row['benign'] else 'ASR'})" for row in rows], fontsize=8)
+    ax.set_yticklabels(
+        [f"{row['name']} ({'refusal' if row['benign'] else 'ASR'}{', ' + row['judge'] if row.get('judge') else ''})"
+         for row in rows],
+        fontsize=8,
+    )  # fmt: skip
     ax.set_xlim(0, 1.15)
     ax.set_xlabel("rate (ASR for harmful prompts, refusal rate for benign ones, hatched)")
     mismatched = " (mismatched runs: totals not comparable)" if comparison.get("mismatch") else ""
