@@ -82,6 +82,38 @@ def test_the_summary_table_shows_the_refusal_openings(tmp_path):
     assert "| a | 5 | 3 | 2 | 14.5 |" in table and "| **total** | **5** | **3** | **2** | **14.5** |" in table
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--judge", "llm", "--judge-model", "m"], "--judge llm needs --judge-endpoint URL"),
+        (["--judge", "llamaguard"], "--judge llamaguard needs --judge-model"),
+        (["--judge-prompt", "p.txt"], "--judge-prompt goes with --judge llm"),
+    ],
+)
+def test_judge_options_that_cannot_work_are_refused_before_anything_runs(tmp_path, capsys, extra, message):
+    write_answers(tmp_path / "run" / "a.jsonl", guard_model.ANSWERS)
+    (tmp_path / "p.txt").write_text("{prompt} {answer}")
+    extra = [str(tmp_path / e) if e == "p.txt" else e for e in extra]
+    assert main(["judge", str(tmp_path / "run"), "--out", str(tmp_path / "out"), *extra]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_judging_prompt_without_its_placeholders_is_refused(tmp_path, capsys):
+    write_answers(tmp_path / "run" / "a.jsonl", guard_model.ANSWERS)
+    (tmp_path / "p.txt").write_text("Is this safe? {answer}")
+    argv = ["judge", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--judge", "llm", "--judge-model", "m",
+            "--judge-endpoint", "http://127.0.0.1:9/v1", "--judge-prompt", str(tmp_path / "p.txt")]  # fmt: skip
+    assert main(argv) == 2
+    assert "p.txt: the judging prompt has no {prompt} to fill in" in capsys.readouterr().err
+
+
+def test_our_judging_prompt_states_the_verdict_format_and_has_both_placeholders():
+    from rejection_align.eval.judges import default_prompt
+
+    text = default_prompt()
+    assert "{prompt}" in text and "{answer}" in text and "safe or unsafe" in text
+
+
 def write_answers(path: Path, answers) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"id": f"r{i}", "prompt": p, "continuation": a}) for i, (p, a) in enumerate(answers)]
@@ -189,6 +221,7 @@ def test_the_llm_judge_through_a_real_server_counts_the_trained_verdicts(guard_s
     table = (out / "summary.md").read_text()
     assert "| **total** | **llm** | **5** | **3** | **2** | **0** | **40.0%** | **1 of 2** | **S2 2** |" in table
     assert "| string vs llm | 5 | 1 | 1 | 1 | 2 | 0.167 |" in table
+    assert (out / "asr.png").read_bytes().startswith(b"\x89PNG")  # each judge's ASR side by side
 
 
 def test_a_rerun_reuses_the_saved_verdicts(guard_server, answers, prompt_file, tmp_path):
