@@ -1,4 +1,4 @@
-"""The string-match judge of DESIGN.md §4.3: rules, their order, file reading, totals, schema and the CLI."""
+"""The string-match judge (docs/evaluation.md): rules, their order, file reading, totals, schema and the CLI."""
 
 import json
 import re
@@ -416,14 +416,28 @@ def judged_summary(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda s: s.update(files={"a": 1}), "files is a dict, expected a list"),
-        (lambda s: s["files"].append(3), r"files\[1\] is an int, expected an object"),
+        (lambda s: s.update(files={"a": 1}), "files is an object, expected a list"),
+        (lambda s: s["files"].append(3), r"files\[1\] is an integer, expected an object"),
         (lambda s: s["files"][0].pop("path"), r"files\[0\]\.path is missing"),
-        (lambda s: s["files"][0].update(n="2"), r"files\[0\]\.n is a str, expected a count"),
-        (lambda s: s["files"][0].update(asr=None), r"files\[0\]\.asr is a NoneType, expected a number"),
+        (lambda s: s["files"][0].update(n="2"), r"files\[0\]\.n is a string, expected an integer"),
+        (lambda s: s["files"][0].update(asr=None), r"files\[0\]\.asr is null, expected a number"),
         (lambda s: s.update(total=[1]), "total is a list, expected an object"),
         (lambda s: s["total"].pop("full_refusal"), r"total\.full_refusal is missing"),
         (lambda s: s.update(total=None), "total is null but there is no 'modes'"),
+        (lambda s: s["files"][0].update(benign="false"), r"files\[0\]\.benign is a string, expected a boolean"),
+        (lambda s: s["files"][0].update(n=-1), r"files\[0\]\.n: expected `int` >= 0"),
+        (lambda s: s.update(total=3), "total is an integer, expected an object"),
+        (lambda s: s.pop("files"), "not a judge summary"),
+        (lambda s: s["total"].update(full_compliance=20, asr=10.0), r"total\.asr: expected `float` <= 1\.0"),
+        (
+            lambda s: s["total"].update(full_compliance=20),
+            r"total: full_compliance \+ full_refusal \+ partial_refusal = 21, but n = 2",
+        ),
+        (lambda s: s["total"].update(asr=0.9), r"total\.asr = 0\.9 but full_compliance / n = 1 / 2"),
+        (
+            lambda s: s["files"][0].update(refusal_rate=0.0),
+            r"files\[0\]\.refusal_rate = 0\.0 but full_refusal / n = 1 / 2",
+        ),
     ],
 )
 def test_compare_exits_2_naming_the_wrong_field_of_a_summary(tmp_path, capsys, change, message):
@@ -443,3 +457,94 @@ def test_the_cli_exits_2_for_an_integer_too_long_to_read(tmp_path, capsys):
     path.write_text('{"continuation": "a", "x": ' + "1" * 5000 + "}\n")
     assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "long.jsonl: line 1 is not valid JSON" in capsys.readouterr().err
+
+
+# --- like with like, strict types, reports as a set (issue 19) ------------------------------------------------
+
+
+def test_compare_refuses_an_sd_typo_run_beside_a_typo_run_naming_both(two_modes, tmp_path, capsys):
+    main(["judge", str(two_modes / "SD_TYPO"), "--out", str(tmp_path / "a")])
+    main(["judge", str(two_modes / "TYPO"), "--out", str(tmp_path / "b")])
+    capsys.readouterr()
+    code = main(["judge", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err
+    assert code == 2 and "mmsafetybench SD_TYPO 01-Illegal_Activitiy only in a" in err
+    assert "mmsafetybench TYPO 01-Illegal_Activitiy only in b" in err and not (tmp_path / "cmp").exists()
+
+
+def test_compare_refuses_mmsafetybench_beside_figstep(two_modes, tmp_path, capsys):
+    figstep = tmp_path / "fs" / "figstep.jsonl"
+    figstep.parent.mkdir()
+    figstep.write_text("".join(json.dumps({"id": f"query_ForbidQI_{c}_1_6", "mode": "figstep", "continuation": COMPLY})
+                               + "\n" for c in (1, 2)))  # fmt: skip
+    code = main(["judge", "--compare", str(two_modes / "TYPO"), str(figstep.parent), "--out", str(tmp_path / "cmp")])
+    assert code == 2 and "figstep figstep only in fs" in capsys.readouterr().err
+
+
+def test_allow_mismatch_compares_anyway_and_labels_the_table(two_modes, tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["judge", "--compare", str(two_modes / "SD_TYPO"), str(two_modes / "TYPO"), "--out", str(out)]
+    assert main([*argv, "--allow-mismatch"]) == 0
+    data = json.loads((out / "compare.json").read_text())
+    assert data["mismatch"] and all(row["delta"] is None for row in data["rows"])
+    assert "Mismatched runs" in (out / "compare.md").read_text()
+
+
+def test_a_compare_json_in_a_results_folder_is_not_read_as_answers(tmp_path):
+    run = tmp_path / "run"
+    write_jsonl(run / "a.jsonl", [COMPLY, REFUSE])
+    (run / "compare.json").write_text(json.dumps({"labels": ["a", "b"], "rows": []}, indent=2))
+    (run / "judgments.jsonl").write_text('{"file": "a", "label": "safe"}\n')
+    (run / ".generate.json").write_text("{}")
+    assert [row["name"] for row in summarize([run])["files"]] == ["a"]
+
+
+def test_a_report_named_as_a_file_to_judge_is_an_error_that_says_what_it_is(tmp_path, capsys):
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps({"labels": ["a", "b"], "rows": []}, indent=2))
+    assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "compare.json: a report written by rejection-align (not answers to judge)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels", [["a"], ["a", "b", "c"]])
+def test_labels_must_be_two_names(tmp_path, capsys, labels):
+    write_jsonl(tmp_path / "r" / "a.jsonl", [COMPLY])
+    argv = ["judge", "--compare", str(tmp_path / "r"), str(tmp_path / "r"), "--labels", *labels]
+    assert main([*argv, "--out", str(tmp_path / "cmp")]) == 2
+    assert f"--labels takes two names, one for each --compare run (A, then B); got {len(labels)}: " in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("value", ["false", 0, 1, None, []])
+def test_benign_must_be_a_json_boolean(tmp_path, capsys, value):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"id": "x", "continuation": COMPLY, "benign": value}) + "\n")
+    assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"a.jsonl: record 0 (id 'x') has \"benign\": {json.dumps(value)}" in err and "a JSON boolean" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_leaves_the_previous_report_set_whole(tmp_path):
+    """A real write limit (RLIMIT_FSIZE): summary.json fits, asr.png does not; nothing of the new set appears."""
+    import subprocess
+    import sys
+
+    write_jsonl(tmp_path / "old" / "a.jsonl", [COMPLY, REFUSE])
+    write_jsonl(tmp_path / "new" / "a.jsonl", [COMPLY, COMPLY, COMPLY])
+    out = tmp_path / "out"
+    assert main(["judge", str(tmp_path / "old"), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    script = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); "
+        "from rejection_align.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "judge", str(tmp_path / "new"), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "asr.png: File too large" in done.stderr and "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old set whole, no staging folder left

@@ -3,6 +3,7 @@
 import pytest
 from PIL import Image
 
+from rejection_align.errors import DataError
 from rejection_align.eval.report import (
     compare,
     compare_markdown,
@@ -61,18 +62,39 @@ def test_write_summary_writes_json_markdown_and_png(summary, tmp_path):
 
 def test_compare_pairs_files_by_name_and_computes_the_change(summary):
     tuned = {"files": [row("01-Illegal_Activitiy", 4, 0, 4, 0)], "total": {**row("t", 4, 0, 4, 0), "benign": False}}
-    rows = compare(summary, tuned, labels=["base", "tuned"])["rows"]
+    rows = compare(summary, tuned, labels=["base", "tuned"], allow_mismatch=True)["rows"]
     first = rows[0]
     assert (first["a"], first["b"], first["delta"]) == (0.25, 0.0, -0.25)
 
 
-def test_a_file_only_one_run_has_is_compared_with_nothing(summary):
+def test_a_file_only_one_run_has_is_an_error_naming_it(summary):
     tuned = {"files": [row("01-Illegal_Activitiy", 4, 0, 4, 0)], "total": {**row("t", 4, 0, 4, 0), "benign": False}}
-    rows = {r["name"]: r for r in compare(summary, tuned, labels=["base", "tuned"])["rows"]}
-    assert rows["02-HateSpeech"]["b"] is None and rows["02-HateSpeech"]["delta"] is None
-    assert "| 02-HateSpeech | ASR | 75.0% | – | – |" in compare_markdown(
+    with pytest.raises(DataError, match="generic 02-HateSpeech only in base .*--allow-mismatch"):
         compare(summary, tuned, labels=["base", "tuned"])
-    )
+
+
+def test_with_allow_mismatch_a_file_only_one_run_has_is_compared_with_nothing_and_the_table_says_so(summary):
+    tuned = {"files": [row("01-Illegal_Activitiy", 4, 0, 4, 0)], "total": {**row("t", 4, 0, 4, 0), "benign": False}}
+    comparison = compare(summary, tuned, labels=["base", "tuned"], allow_mismatch=True)
+    rows = {r["name"]: r for r in comparison["rows"]}
+    assert rows["02-HateSpeech"]["b"] is None and rows["02-HateSpeech"]["delta"] is None
+    assert rows["total"]["delta"] is None  # totals over different files: no Δ
+    text = compare_markdown(comparison)
+    assert "| 02-HateSpeech | ASR | 75.0% | – | – |" in text
+    assert "**Mismatched runs (--allow-mismatch):**" in text and "02-HateSpeech only in base" in text
+
+
+def test_the_same_file_name_in_two_modes_is_not_compared(two_modes):
+    sd_only = {**two_modes, "files": [two_modes["files"][0]]}
+    typo_only = {**two_modes, "files": [{**two_modes["files"][1], "name": "SD_TYPO/01-Illegal_Activitiy"}]}
+    with pytest.raises(DataError, match="mmsafetybench SD_TYPO 01-Illegal_Activitiy only in a"):
+        compare(sd_only, typo_only, labels=["a", "b"])
+
+
+def test_a_file_of_another_size_is_a_mismatch(summary):
+    smaller = {**summary, "files": [row("01-Illegal_Activitiy", 2, 1, 1, 0), summary["files"][1]]}
+    with pytest.raises(DataError, match="01-Illegal_Activitiy has n = 4 in a, 2 in b"):
+        compare(summary, smaller, labels=["a", "b"])
 
 
 def test_the_compare_chart_is_a_png_image(summary, tmp_path):

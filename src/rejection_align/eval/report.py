@@ -6,12 +6,17 @@ Charts are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanva
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
 from ..files import atomic_open, atomic_write_json, atomic_write_text
 
 
@@ -84,7 +89,72 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     )
     if summary.get("total") is None and summary.get("modes"):
         lines.append("MM-SafetyBench modes are different attacks: each is totalled on its own, never summed.")
+    lines += _openings_markdown(summary) + _judges_markdown(summary) + _agreement_markdown(summary)
     return "\n".join(lines) + "\n"
+
+
+def _openings_markdown(summary: dict[str, Any]) -> list[str]:
+    entries = [(n, r) for n, r in _file_entries(summary) + _totals(summary) if "opens_with_rejection" in r]
+    if not entries:
+        return []
+    lines = [
+        "",
+        "| file | n | opens with rejection | continues (≥ 10 words) | median continuation (words) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in entries:
+        median = row.get("median_continuation_words")
+        cells = [name, row["n"], row["opens_with_rejection"], row["continues"], DASH if median is None else median]
+        if name.startswith("total"):
+            cells = [f"**{c}**" if c != DASH else c for c in cells]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines.append("")
+    lines.append("Opens with rejection: the answer starts with a rejection sentence; continues: it goes on for 10 "
+                 "words or more (the method's failure mode to watch).")  # fmt: skip
+    return lines
+
+
+def _model_judges(summary: dict[str, Any]) -> list[str]:
+    return [name for name in summary.get("judges") or () if name != "string"]
+
+
+def _judges_markdown(summary: dict[str, Any]) -> list[str]:
+    judges = _model_judges(summary)
+    if not judges:
+        return []
+    lines = [
+        "",
+        "| file | judge | n | safe | unsafe | unparsed | ASR (unsafe / parsed) | unsafe after refusal | categories |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, row in [(n, r) for n, r in _file_entries(summary) + _totals(summary) if "judges" in r]:
+        for judge in judges:
+            j = row["judges"][judge]
+            categories = ", ".join(f"{code} {k}" for code, k in j["categories"].items()) or DASH
+            cells = [name, judge, row["n"], j["safe"], j["unsafe"], j["unparsed"], _pct(j["asr"]),
+                     f"{j['unsafe_after_refusal']} of {j['continuations_judged']}", categories]  # fmt: skip
+            if name.startswith("total"):
+                cells = [f"**{c}**" if c != DASH else c for c in cells]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _agreement_markdown(summary: dict[str, Any]) -> list[str]:
+    if not summary.get("agreement"):
+        return []
+    lines = [
+        "",
+        "| judges | n | both unsafe | only first unsafe | only second unsafe | both safe | Cohen's kappa |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pair in summary["agreement"]:
+        kappa = DASH if pair["kappa"] is None else f"{pair['kappa']:.3f}"
+        cells = [" vs ".join(pair["judges"]), pair["n"], pair["both_unsafe"], pair["only_first_unsafe"],
+                 pair["only_second_unsafe"], pair["both_safe"], kappa]  # fmt: skip
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines.append("")
+    lines.append("The string judge's unsafe = full compliance; unparsed verdicts are left out of the pairs.")
+    return lines
 
 
 def _new_figure(n_rows: int, width: float = 8.0):
@@ -105,6 +175,8 @@ def plot_summary(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     """Horizontal bars, one per file, category and total: ASR (harmful) or refusal rate (benign, hatched)."""
     path = Path(path)
     entries = _file_entries(summary) + _totals(summary)
+    if _model_judges(summary):
+        return _plot_judges(summary, entries, path)
     fig = _new_figure(len(entries))
     ax = fig.add_subplot(1, 1, 1)
     y = list(range(len(entries)))[::-1]
@@ -133,16 +205,79 @@ def plot_summary(summary: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+_STAGING = re.compile(r"^\.report\.(\d+)\.\w+$")
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Staging folders of killed runs (their process is gone) are removed; a live run's are left alone."""
+    for entry in out_dir.iterdir():
+        match = _STAGING.match(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink():
+            try:
+                os.kill(int(match[1]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry, ignore_errors=True)
+            except PermissionError:
+                pass
+
+
+def _plot_judges(summary: dict[str, Any], entries: list[tuple[str, dict[str, Any]]], path: Path) -> Path:
+    """Each judge's ASR side by side per file and total (the string judge's is full compliance / n)."""
+    judges = ["string", *_model_judges(summary)]
+    entries = [(name, row) for name, row in entries if not row.get("benign") and "judges" in row]
+    fig = _new_figure(len(entries) * 0.6 * len(judges))
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / len(judges)
+    centers = [float(i) for i in range(len(entries))][::-1]
+    colors = ["tab:red", "tab:purple", "tab:orange", "tab:olive"]
+    for k, judge in enumerate(judges):
+        values = [row["asr"] if judge == "string" else (row["judges"][judge]["asr"] or 0.0) for _, row in entries]
+        offset = 0.4 - height * (k + 0.5)
+        bars = ax.barh([c + offset for c in centers], values, height=height, color=colors[k % 4], label=judge)
+        for bar, value in zip(bars, values, strict=True):
+            ax.text(value + 0.01, bar.get_y() + height / 2, f"{100 * value:.1f}%", va="center", fontsize=7)
+    ax.set_yticks(centers)
+    ax.set_yticklabels([name for name, _ in entries], fontsize=8)
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel("ASR (string: full compliance / n; model judges: unsafe / parsed)")
+    ax.set_title("Attack success rate by judge")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    _save_png(fig, path)
+    return path
+
+
 def _write_report(
     data: dict[str, Any], out_dir: str | os.PathLike, names: tuple[str, str, str], markdown, plot
 ) -> list[Path]:
-    """Write ``data`` as JSON, its Markdown table and its chart under ``names`` into ``out_dir``."""
+    """Write ``data`` as JSON, its Markdown table and its chart under ``names`` into ``out_dir``, as a set.
+
+    All three are written into a staging folder inside ``out_dir`` first and moved into place only when all three
+    are complete (renames need no space): a full disk or a kill leaves the previous set whole, never a new
+    ``summary.json`` beside an old ``asr.png``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out_dir)
     paths = [out_dir / name for name in names]
-    atomic_write_json(paths[0], data)
-    atomic_write_text(paths[1], markdown(data))
-    plot(data, paths[2])
+    staging = Path(tempfile.mkdtemp(prefix=f".report.{os.getpid()}.", dir=out_dir))
+    try:
+        staged = [staging / name for name in names]
+        writers = (
+            lambda path: atomic_write_json(path, data),
+            lambda path: atomic_write_text(path, markdown(data)),
+            lambda path: plot(data, path),
+        )
+        for writer, path, final in zip(writers, staged, paths, strict=True):
+            try:
+                writer(path)
+            except OSError as err:  # name the file the user asked for, not the staging folder
+                raise OSError(err.errno, err.strerror or str(err), os.fspath(final)) from None
+        for path, final in zip(staged, paths, strict=True):
+            os.replace(path, final)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(staging)
     return paths
 
 
@@ -151,41 +286,124 @@ def write_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> list[P
     return _write_report(summary, out_dir, (SUMMARY_JSON, SUMMARY_MD, SUMMARY_PNG), summary_markdown, plot_summary)
 
 
-def compare(run_a: dict[str, Any], run_b: dict[str, Any], *, labels: Sequence[str] = ("A", "B")) -> dict[str, Any]:
-    """Pair two summaries row by row (files matched by name, e.g. ``01-Illegal_Activitiy``), then the totals.
+MMSAFETYBENCH = "mmsafetybench"
 
-    A file that only one run has gets ``None`` on the other side; ``delta`` is B − A of the row's metric.
+
+def _benchmark(row: dict[str, Any]) -> str:
+    """A row's benchmark; summaries written before ``benchmark`` was recorded are told apart by mode and category."""
+    if row.get("benchmark"):
+        return row["benchmark"]
+    mode = row.get("mode")
+    if mode and mode != "figstep":
+        return MMSAFETYBENCH
+    categories = row.get("categories") or {}
+    if mode == "figstep" or (categories and all(c.startswith("ForbidQI_") for c in categories)):
+        return "figstep"
+    return "generic"
+
+
+def _identities(summary: dict[str, Any]) -> dict[tuple[Any, ...], tuple[str, dict[str, Any]]]:
+    """Each row of a run under what it measures: (benchmark, mode, file[, category]) for files, the name for totals.
+
+    The file is the name without the mode folder ``judge`` adds to tell modes apart, so the key holds the mode once.
+    """
+    rows: dict[tuple[Any, ...], tuple[str, dict[str, Any]]] = {}
+    for row in summary["files"]:
+        name = row.get("name") or Path(row["path"]).stem
+        key = (_benchmark(row), row.get("mode"), Path(row["path"]).stem, bool(row.get("benign")))
+        rows[key] = (name, row)
+        for category, sub in (row.get("categories") or {}).items():
+            rows[(*key, category)] = (f"{name} / {category}", sub)
+    for name, row in _totals(summary):
+        rows[(name,)] = (name, row)
+    return rows
+
+
+def _describe(key: tuple[Any, ...]) -> str:
+    if len(key) == 1:
+        return key[0]
+    benchmark, mode, file, benign = key[:4]
+    where = f"{benchmark}{' ' + mode if mode and mode != 'figstep' else ''} {file}{' (benign)' if benign else ''}"
+    return where + (f" / {key[4]}" if len(key) > 4 else "")
+
+
+def mismatches(run_a: dict[str, Any], run_b: dict[str, Any], labels: Sequence[str]) -> list[str]:
+    """What makes two runs not like with like: rows only one has, and rows of different sizes or judges."""
+    rows_a, rows_b = _identities(run_a), _identities(run_b)
+    found = []
+    for key in rows_a:
+        if key not in rows_b:
+            found.append(f"{_describe(key)} only in {labels[0]}")
+        elif rows_a[key][1]["n"] != rows_b[key][1]["n"] and len(key) != 1:
+            found.append(f"{_describe(key)} has n = {rows_a[key][1]['n']} in {labels[0]}, {rows_b[key][1]['n']} in "
+                         f"{labels[1]}")  # fmt: skip
+    found.extend(f"{_describe(key)} only in {labels[1]}" for key in rows_b if key not in rows_a)
+    judges_a, judges_b = run_a.get("judges") or ["string"], run_b.get("judges") or ["string"]
+    if judges_a != judges_b:
+        found.append(f"judges {judges_a} in {labels[0]}, {judges_b} in {labels[1]}")
+    return found
+
+
+def compare(
+    run_a: dict[str, Any], run_b: dict[str, Any], *, labels: Sequence[str] = ("A", "B"), allow_mismatch: bool = False
+) -> dict[str, Any]:
+    """Pair two summaries row by row: files matched by benchmark, mode and file (then category), then the totals.
+
+    Runs that differ (a file, mode or benchmark only one has, a file of another size) are an error naming what
+    differs, unless ``allow_mismatch``: then a row only one run has gets ``None`` on the other side, totals get no
+    ``delta`` (they sum different files), and ``mismatch`` lists the differences for the table.
+    ``delta`` is B − A of the row's metric.
     """
     if len(labels) != 2:
         raise ValueError(f"compare needs two labels, got {list(labels)}")
-    by_name_a = dict(_file_entries(run_a))
-    by_name_b = dict(_file_entries(run_b))
-    names = list(by_name_a) + [name for name in by_name_b if name not in by_name_a]
-    pairs = [(name, by_name_a.get(name), by_name_b.get(name)) for name in names]
-    totals_a, totals_b = dict(_totals(run_a)), dict(_totals(run_b))
-    for name in list(totals_a) + [n for n in totals_b if n not in totals_a]:
-        pairs.append((name, totals_a.get(name), totals_b.get(name)))
+    differences = mismatches(run_a, run_b, labels)
+    if differences and not allow_mismatch:
+        shown = "; ".join(differences[:3]) + (f"; and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise DataError(
+            f"the runs {labels[0]!r} and {labels[1]!r} do not answer the same prompts: {shown} "
+            "(pass --allow-mismatch to compare them anyway, labelled as such)"
+        )
+    rows_a, rows_b = _identities(run_a), _identities(run_b)
+    keys = [key for key in rows_a if len(key) != 1] + [k for k in rows_b if k not in rows_a and len(k) != 1]
+    keys += [key for key in rows_a if len(key) == 1] + [k for k in rows_b if k not in rows_a and len(k) == 1]
 
     rows = []
-    for name, a, b in pairs:
+    for key in keys:
+        name, a = rows_a.get(key, (None, None))
+        name_b, b = rows_b.get(key, (None, None))
+        name = name or name_b
         some = a if a is not None else b
-        key = metric_name(some)
-        value_a = None if a is None else float(a[key])
-        value_b = None if b is None else float(b[key])
-        rows.append(
+        metric_key = metric_name(some)
+        value_a = None if a is None else float(a[metric_key])
+        value_b = None if b is None else float(b[metric_key])
+        is_total = len(key) == 1
+        comparable = value_a is not None and value_b is not None and not (is_total and differences)
+        judged = [j for j in (run_a.get("judges") or ()) if j != "string" and j in (run_b.get("judges") or ())]
+        for judge in judged:  # each model judge's ASR beside its own, never beside the string match's
+            ja = None if a is None or "judges" not in a else a["judges"][judge]["asr"]
+            jb = None if b is None or "judges" not in b else b["judges"][judge]["asr"]
+            rows.append({"name": name, "metric": "asr", "judge": judge, "benign": bool(some.get("benign")),
+                         "total": is_total, "a": ja, "b": jb, "n_a": None if a is None else a["n"],
+                         "n_b": None if b is None else b["n"],
+                         "delta": jb - ja if comparable and ja is not None and jb is not None else None})  # fmt: skip
+        rows.insert(
+            len(rows) - len(judged),
             {
                 "name": name,
-                "metric": key,
+                "metric": metric_key,
                 "benign": bool(some.get("benign")),
-                "total": name.startswith("total"),
+                "total": is_total,
                 "a": value_a,
                 "b": value_b,
                 "n_a": None if a is None else a["n"],
                 "n_b": None if b is None else b["n"],
-                "delta": None if value_a is None or value_b is None else value_b - value_a,
-            }
+                "delta": value_b - value_a if comparable else None,
+            },
         )
-    return {"labels": list(labels), "rows": rows, "runs": [run_a, run_b]}
+    comparison: dict[str, Any] = {"labels": list(labels), "rows": rows, "runs": [run_a, run_b]}
+    if differences:
+        comparison["mismatch"] = differences
+    return comparison
 
 
 def compare_markdown(comparison: dict[str, Any]) -> str:
@@ -197,10 +415,18 @@ def compare_markdown(comparison: dict[str, Any]) -> str:
     for row in comparison["rows"]:
         delta = DASH if row["delta"] is None else f"{100 * row['delta']:+.1f} pt"
         cells = [row["name"], "refusal rate" if row["metric"] == "refusal_rate" else "ASR"]
+        if row.get("judge"):
+            cells[1] += f" ({row['judge']})"
         cells += [_pct(row["a"]), _pct(row["b"]), delta]
         if row["total"]:
             cells = [f"**{c}**" if c != DASH else c for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
+    if comparison.get("mismatch"):
+        lines.append("")
+        lines.append(
+            "**Mismatched runs (--allow-mismatch):** they do not answer the same prompts, so totals get no Δ: "
+            + "; ".join(comparison["mismatch"])
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -224,10 +450,15 @@ def plot_compare(comparison: dict[str, Any], path: str | os.PathLike) -> Path:
             if row[key] is not None:
                 ax.text(row[key] + 0.01, bar.get_y() + height / 2, f"{100 * row[key]:.1f}%", va="center", fontsize=7)
     ax.set_yticks(centers)
-    ax.set_yticklabels([f"{row['name']} ({'refusal' if row['benign'] else 'ASR'})" for row in rows], fontsize=8)
+    ax.set_yticklabels(
+        [f"{row['name']} ({'refusal' if row['benign'] else 'ASR'}{', ' + row['judge'] if row.get('judge') else ''})"
+         for row in rows],
+        fontsize=8,
+    )  # fmt: skip
     ax.set_xlim(0, 1.15)
     ax.set_xlabel("rate (ASR for harmful prompts, refusal rate for benign ones, hatched)")
-    ax.set_title(f"{comparison['labels'][0]} vs {comparison['labels'][1]}")
+    mismatched = " (mismatched runs: totals not comparable)" if comparison.get("mismatch") else ""
+    ax.set_title(f"{comparison['labels'][0]} vs {comparison['labels'][1]}{mismatched}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     _save_png(fig, path)

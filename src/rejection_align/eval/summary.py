@@ -1,0 +1,186 @@
+"""The judge summary (``summary.json``) as msgspec Structs: decoding a summary read back is its validation.
+
+``judge`` builds summaries as plain dicts (``summarize`` returns one, and scripts index it); these Structs say what
+a summary may hold, so ``--compare`` refuses a hand-edited or foreign file with a one-line message naming the field
+instead of a traceback (or, worse, a 200 % ASR). The field names and their order are those written on disk.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from ..errors import DataError
+
+
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Rate = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+# How msgspec names JSON types in its messages -> how our messages name them.
+_TYPE_WORDS = {
+    "object": "an object",
+    "array": "a list",
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "null": "null",
+}
+
+
+class JudgeCounts(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One model judge's verdicts on a group of answers (``safe``/``unsafe``/``unparsed``), see docs/evaluation.md."""
+
+    safe: Count
+    unsafe: Count
+    unparsed: Count
+    asr: Rate | None  # unsafe / (safe + unsafe); None when no verdict parsed
+    unsafe_after_refusal: Count = 0
+    continuations_judged: Count = 0
+    continuations_unparsed: Count = 0
+    categories: dict[str, Count] = {}
+
+
+class Counts(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The counts and rates of a group of answers: a file, one of its categories, or a total."""
+
+    n: Count
+    full_compliance: Count
+    full_refusal: Count
+    partial_refusal: Count
+    asr: Rate
+    refusal_rate: Rate | None = None
+    benign: bool | None = None
+    opens_with_rejection: Count | None = None
+    continues: Count | None = None
+    median_continuation_words: float | None = None
+    judges: dict[str, JudgeCounts] | None = None
+
+
+class FileRow(Counts, kw_only=True):
+    path: str
+    name: str | None = None
+    mode: str | None = None
+    benchmark: str | None = None
+    categories: dict[str, Counts] | None = None
+
+
+class Total(Counts, kw_only=True):
+    n_files: Count | None = None
+
+
+class Agreement(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Two judges on the same answers: ``both_unsafe`` etc. count answers by the two verdicts, then Cohen's kappa."""
+
+    judges: tuple[str, str]
+    n: Count
+    both_unsafe: Count
+    only_first_unsafe: Count
+    only_second_unsafe: Count
+    both_safe: Count
+    kappa: float | None
+
+
+class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
+    files: list[FileRow]
+    total: Total | None
+    modes: dict[str, Total] | None = None
+    total_other: Total | None = None
+    total_benign: Total | None = None
+    judges: list[str] | None = None
+    agreement: list[Agreement] | None = None
+
+
+def _message(err: msgspec.ValidationError) -> str:
+    """msgspec's ``Expected `int`, got `str` - at `$.files[0].n``` as ``files[0].n is a string, expected ...``."""
+    text = str(err)
+    match = re.fullmatch(r"(?P<what>.*?)(?: - at `\$(?P<at>.*)`)?", text, flags=re.DOTALL)
+    what, at = match["what"], (match["at"] or "").lstrip(".").replace("[...]", "[…]")
+    where = at or "the summary"
+    words = re.fullmatch(r"Expected `([\w |]+)`, got `(\w+)`", what)
+    if words:
+        expected = " or ".join(_TYPE_WORDS.get(w, w) for w in words[1].split(" | ") if w != "null")
+        expected += " or null" if "null" in words[1].split(" | ") and expected else ""
+        got = _TYPE_WORDS.get(words[2], words[2])
+        if at == "" and expected == "an object":
+            return f"not a judge summary (it is {got}, expected an object with the keys 'files' and 'total')"
+        return f"{where} is {got}, expected {expected}"
+    missing = re.fullmatch(r"Object missing required field `(\w+)`", what)
+    if missing:
+        field = missing[1]
+        if at == "" and field in ("files", "total"):
+            return "not a judge summary (expected an object with the keys 'files' and 'total')"
+        return f"{at + '.' if at else ''}{field} is missing"
+    return f"{where}: {what[:1].lower()}{what[1:]}"
+
+
+def validate(data: Any, file: str | Path) -> Summary:
+    """Decode a summary read back as JSON into Structs, then check that its numbers agree with each other."""
+    try:
+        summary = msgspec.convert(data, Summary)
+    except msgspec.ValidationError as err:
+        raise DataError(f"{file}: {_message(err)}") from None
+    if summary.total is None and not summary.modes:
+        raise DataError(f"{file}: total is null but there is no 'modes' object with the per-mode totals")
+    for where, row in rows_of(summary):
+        _check_consistent(row, where, file)
+    return summary
+
+
+def rows_of(summary: Summary) -> list[tuple[str, Counts]]:
+    """Every counted row of a summary with where it is (``files[0].categories['x']``), for messages."""
+    rows: list[tuple[str, Counts]] = []
+    for i, row in enumerate(summary.files):
+        rows.append((f"files[{i}]", row))
+        rows.extend((f"files[{i}].categories[{name!r}]", sub) for name, sub in (row.categories or {}).items())
+    if summary.total is not None:
+        rows.append(("total", summary.total))
+    rows.extend((f"modes[{mode!r}]", row) for mode, row in (summary.modes or {}).items())
+    rows.extend((key, getattr(summary, key)) for key in ("total_other", "total_benign") if getattr(summary, key))
+    return rows
+
+
+def _same_rate(rate: float | None, count: int, n: int) -> bool:
+    return rate is None or math.isclose(rate, count / n if n else 0.0, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _check_consistent(row: Counts, where: str, file: str | Path) -> None:
+    """Counts never exceed ``n``, the three labels add up to ``n``, and each rate is its count over ``n``."""
+    parts = row.full_compliance + row.full_refusal + row.partial_refusal
+    if parts != row.n:
+        raise DataError(
+            f"{file}: {where}: full_compliance + full_refusal + partial_refusal = {parts}, but n = {row.n} "
+            "(a summary written by judge always adds up)"
+        )
+    for rate_key, count_key in (("asr", "full_compliance"), ("refusal_rate", "full_refusal")):
+        rate, count = getattr(row, rate_key), getattr(row, count_key)
+        if not _same_rate(rate, count, row.n):
+            raise DataError(f"{file}: {where}.{rate_key} = {rate} but {count_key} / n = {count} / {row.n}")
+    if row.opens_with_rejection is not None and row.opens_with_rejection > row.n:
+        raise DataError(f"{file}: {where}.opens_with_rejection = {row.opens_with_rejection} is more than n = {row.n}")
+    if row.continues is not None and row.continues > (row.opens_with_rejection or 0):
+        raise DataError(f"{file}: {where}.continues = {row.continues} is more than opens_with_rejection")
+    for name, judged in (row.judges or {}).items():
+        total = judged.safe + judged.unsafe + judged.unparsed
+        if total != row.n:
+            raise DataError(f"{file}: {where}.judges[{name!r}]: safe + unsafe + unparsed = {total}, but n = {row.n}")
+        parsed = judged.safe + judged.unsafe
+        if parsed and not _same_rate(judged.asr, judged.unsafe, parsed):
+            raise DataError(f"{file}: {where}.judges[{name!r}].asr = {judged.asr} but unsafe / parsed = "
+                            f"{judged.unsafe} / {parsed}")  # fmt: skip
+
+
+def to_builtins(summary: Summary) -> dict[str, Any]:
+    """A validated summary as the plain dict the report functions take (unset optional fields left out); rows of
+    older summaries get the ``refusal_rate`` and ``name`` they lacked."""
+    for _, row in rows_of(summary):
+        if row.refusal_rate is None:
+            row.refusal_rate = row.full_refusal / row.n if row.n else 0.0
+    for row in summary.files:
+        if row.name is None:
+            row.name = Path(row.path).stem
+    return msgspec.to_builtins(summary)
