@@ -41,6 +41,7 @@ from typing import Any, Literal, NamedTuple
 from ..errors import DataError
 from . import summary as schema
 from .benchmarks import FIGSTEP_NAME, MMSAFETYBENCH_MODES, MMSAFETYBENCH_SCENARIOS, parse_json, read_text
+from .jsonl import read_jsonl
 from .judges import (
     JUDGES,
     JUDGMENTS_NAME,
@@ -163,22 +164,8 @@ def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     if stripped.startswith("["):
         records = parse_json(text, f"{path}: the file")
     else:
-        records = []
-        lines = text.splitlines()
-        last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-                continue
-            except json.JSONDecodeError:
-                if i == last and not text.endswith("\n"):
-                    logger.warning("%s: dropping the cut-off last line %d (interrupted run?)", path, i + 1)
-                    continue
-            except (RecursionError, ValueError):  # nested too deep, an integer too long
-                pass
-            parse_json(line, f"{path}: line {i + 1}")  # fails again, with the DataError that says what is wrong
+        # the one JSON-Lines rule of eval/ (a cut-off last line is dropped with a warning)
+        records = [line.value for line in read_jsonl(path, data=text.encode("utf-8")).lines]
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise DataError(f"{path}: record {i} is {_kind(record)}, expected an object")
