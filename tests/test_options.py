@@ -84,3 +84,22 @@ def test_an_optional_positional_takes_one_value_or_the_field_default():
 def test_recorded_names_the_fields_a_record_may_hold_in_field_order():
     assert recorded(Greet) == ["names", "times", "forever", "tone", "later"]
     assert recorded(Run) == ["seed"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Judge:
+    paths: tuple[str, ...] = field(default=(), metadata=option("paths", nargs="*", metavar="FILE", help="inputs"))
+    compare: tuple[str, ...] | None = field(
+        default=None, metadata=option(nargs=2, metavar=("RUN_A", "RUN_B"), help="two runs")
+    )
+
+
+def test_a_star_positional_and_a_fixed_count_option_with_one_metavar_each():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Judge)
+    assert from_args(Judge, parser.parse_args([])) == Judge()
+    assert from_args(Judge, parser.parse_args(["a", "b", "--compare", "x", "y"])) == Judge(
+        paths=("a", "b"), compare=("x", "y")
+    )
+    assert from_args(Judge, parser.parse_args(["--compare", "a", "b", "--compare", "c", "d"])).compare == ("c", "d")
+    assert "--compare RUN_A RUN_B" in parser.format_help()

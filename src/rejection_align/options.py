@@ -15,8 +15,8 @@ metavars, ``nargs`` lists, and whether (or when) the manifest records the field.
     options = from_args(GreetOptions, parser.parse_args())
 
 Rules: a field without :func:`option` metadata is not on the command line; a field without a default is a required
-flag (or a positional, when its flag has no leading dash; ``nargs="?"`` makes a positional optional, with the field's
-default); a ``bool`` field defaulting to ``False`` is a ``store_true`` switch; a field whose ``nargs`` makes a list
+flag (or a positional, when its flag has no leading dash; ``nargs="?"`` or ``"*"`` lets a positional be absent,
+then it takes the field's default); a ``bool`` field defaulting to ``False`` is a ``store_true`` switch; a field whose ``nargs`` makes a list
 (``"+"``, ``"*"``, a number) collects into a tuple, and when the flag is absent takes the field's default (argparse
 would otherwise extend the default list). What a command records (a manifest's ``options``, ``generate``'s settings
 file) is the fields :func:`recorded` names, in field order.
@@ -41,7 +41,7 @@ class Option:
 
     flags: tuple[str, ...]
     help: str | None
-    metavar: str | None
+    metavar: str | tuple[str, ...] | None
     nargs: str | int | None
     choices: tuple[Any, ...] | None
     type: Callable[[str], Any] | None
@@ -53,7 +53,7 @@ class Option:
 def option(
     *flags: str,
     help: str | None = None,
-    metavar: str | None = None,
+    metavar: str | tuple[str, ...] | None = None,
     nargs: str | int | None = None,
     choices: tuple[Any, ...] | list[Any] | None = None,
     type: Callable[[str], Any] | None = None,
@@ -119,16 +119,17 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if opt.metavar is not None:
             kwargs["metavar"] = opt.metavar
         if not flags[0].startswith("-"):  # a positional: argparse names it after its flag
-            if opt.nargs == "?":  # optional positional: absent, the field's default
-                kwargs.update(nargs="?", default=None if default is dataclasses.MISSING else default)
+            if opt.nargs is not None:  # "?" or "*": may be absent, then the field's default (see from_args)
+                kwargs.update(nargs=opt.nargs, default=None if default is dataclasses.MISSING else default)
             target.add_argument(*flags, type=opt.type, **kwargs)
             continue
         kwargs["dest"] = f.name
         if opt.type is None and default is False:
             target.add_argument(*flags, action="store_true", **kwargs)
             continue
-        if _collects(opt):  # collected into a list; absent: the field default (see from_args)
-            kwargs.update(nargs=opt.nargs, action="extend", default=None)
+        if _collects(opt):  # a list, a repeated "+"/"*" flag adds to it; absent: the field default (see from_args)
+            action = "extend" if opt.nargs in ("+", "*") else "store"  # a fixed count stays that count
+            kwargs.update(nargs=opt.nargs, action=action, default=None)
         elif default is dataclasses.MISSING:
             kwargs["required"] = True
         else:
