@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rejection_align.options import add_arguments, from_args, option, record
+from rejection_align.options import add_arguments, from_args, option, record, recorded
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,3 +66,40 @@ def test_the_record_holds_recorded_fields_in_order_as_json_values():
     assert record(options) == {"names": ["world"], "times": None, "forever": False, "tone": "calm"}
     later = record(parse("x", "--out", "o", "--later", "rel/p"))
     assert list(later)[-1] == "later" and later["later"] == os.path.abspath("rel/p")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    config: str | None = field(default=None, metadata=option("config", nargs="?", record=False, help="a YAML"))
+    seed: int = field(default=1, metadata=option(type=int, help="seed"))
+
+
+def test_an_optional_positional_takes_one_value_or_the_field_default():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Run)
+    assert from_args(Run, parser.parse_args([])) == Run()
+    assert from_args(Run, parser.parse_args(["a.yaml", "--seed", "2"])) == Run(config="a.yaml", seed=2)
+
+
+def test_recorded_names_the_fields_a_record_may_hold_in_field_order():
+    assert recorded(Greet) == ["names", "times", "forever", "tone", "later"]
+    assert recorded(Run) == ["seed"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Judge:
+    paths: tuple[str, ...] = field(default=(), metadata=option("paths", nargs="*", metavar="FILE", help="inputs"))
+    compare: tuple[str, ...] | None = field(
+        default=None, metadata=option(nargs=2, metavar=("RUN_A", "RUN_B"), help="two runs")
+    )
+
+
+def test_a_star_positional_and_a_fixed_count_option_with_one_metavar_each():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, Judge)
+    assert from_args(Judge, parser.parse_args([])) == Judge()
+    assert from_args(Judge, parser.parse_args(["a", "b", "--compare", "x", "y"])) == Judge(
+        paths=("a", "b"), compare=("x", "y")
+    )
+    assert from_args(Judge, parser.parse_args(["--compare", "a", "b", "--compare", "c", "d"])).compare == ("c", "d")
+    assert "--compare RUN_A RUN_B" in parser.format_help()

@@ -15,9 +15,11 @@ metavars, ``nargs`` lists, and whether (or when) the manifest records the field.
     options = from_args(GreetOptions, parser.parse_args())
 
 Rules: a field without :func:`option` metadata is not on the command line; a field without a default is a required
-flag (or a positional, when its flag has no leading dash); a ``bool`` field defaulting to ``False`` is a
-``store_true`` switch; a ``nargs`` field collects into a tuple, and when the flag is absent takes the field's default
-(argparse would otherwise extend the default list).
+flag (or a positional, when its flag has no leading dash; ``nargs="?"`` or ``"*"`` lets a positional be absent,
+then it takes the field's default); a ``bool`` field defaulting to ``False`` is a ``store_true`` switch; a field whose ``nargs`` makes a list
+(``"+"``, ``"*"``, a number) collects into a tuple, and when the flag is absent takes the field's default (argparse
+would otherwise extend the default list). What a command records (a manifest's ``options``, ``generate``'s settings
+file) is the fields :func:`recorded` names, in field order.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Option:
 
     flags: tuple[str, ...]
     help: str | None
-    metavar: str | None
+    metavar: str | tuple[str, ...] | None
     nargs: str | int | None
     choices: tuple[Any, ...] | None
     type: Callable[[str], Any] | None
@@ -51,7 +53,7 @@ class Option:
 def option(
     *flags: str,
     help: str | None = None,
-    metavar: str | None = None,
+    metavar: str | tuple[str, ...] | None = None,
     nargs: str | int | None = None,
     choices: tuple[Any, ...] | list[Any] | None = None,
     type: Callable[[str], Any] | None = None,
@@ -73,8 +75,19 @@ def option(
     }
 
 
-def _options(cls: type) -> list[tuple[dataclasses.Field, Option]]:
+def option_fields(cls: type) -> list[tuple[dataclasses.Field, Option]]:
+    """The fields of ``cls`` that are options, with their :class:`Option`, in field order."""
     return [(f, f.metadata[_KEY]) for f in dataclasses.fields(cls) if _KEY in f.metadata]
+
+
+def recorded(cls: type) -> list[str]:
+    """The names of the fields a record may hold (``record`` True or ``"if_set"``), in field order."""
+    return [f.name for f, opt in option_fields(cls) if opt.record is not False]
+
+
+def _collects(opt: Option) -> bool:
+    """Whether argparse gives a list for this option (``nargs="?"`` gives one value or the default)."""
+    return opt.nargs is not None and opt.nargs != "?"
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -89,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one argument per field of ``cls`` that has :func:`option` metadata, in field order within each group."""
     groups: dict[str | None, Any] = {None: parser}
     exclusives: dict[tuple[str | None, str], Any] = {}
-    for f, opt in _options(cls):
+    for f, opt in option_fields(cls):
         if opt.group not in groups:
             groups[opt.group] = parser.add_argument_group(opt.group)
         target = groups[opt.group]
@@ -106,14 +119,17 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if opt.metavar is not None:
             kwargs["metavar"] = opt.metavar
         if not flags[0].startswith("-"):  # a positional: argparse names it after its flag
+            if opt.nargs is not None:  # "?" or "*": may be absent, then the field's default (see from_args)
+                kwargs.update(nargs=opt.nargs, default=None if default is dataclasses.MISSING else default)
             target.add_argument(*flags, type=opt.type, **kwargs)
             continue
         kwargs["dest"] = f.name
         if opt.type is None and default is False:
             target.add_argument(*flags, action="store_true", **kwargs)
             continue
-        if opt.nargs is not None:  # collected into a list; absent: the field default (see from_args)
-            kwargs.update(nargs=opt.nargs, action="extend", default=None)
+        if _collects(opt):  # a list, a repeated "+"/"*" flag adds to it; absent: the field default (see from_args)
+            action = "extend" if opt.nargs in ("+", "*") else "store"  # a fixed count stays that count
+            kwargs.update(nargs=opt.nargs, action=action, default=None)
         elif default is dataclasses.MISSING:
             kwargs["required"] = True
         else:
@@ -124,10 +140,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
     """The dataclass made from parsed arguments; ``overrides`` (fields without a flag, or computed) win."""
     values: dict[str, Any] = {}
-    for f, opt in _options(cls):
+    for f, opt in option_fields(cls):
         name = f.name if (opt.flags or ("-",))[0].startswith("-") else opt.flags[0]
         value = getattr(args, name)
-        if opt.nargs is not None:
+        if _collects(opt):
             value = _default(f) if not value else tuple(value)
         values[f.name] = value
     values.update(overrides)
@@ -146,7 +162,7 @@ def _builtin(value: Any) -> Any:
 def record(options: Any) -> dict[str, Any]:
     """The options a manifest records, in field order, as JSON-ready values (see ``record`` in :func:`option`)."""
     out: dict[str, Any] = {}
-    for f, opt in _options(type(options)):
+    for f, opt in option_fields(type(options)):
         value = getattr(options, f.name)
         if opt.record is False or (opt.record == "if_set" and value == _default(f)):
             continue

@@ -4,6 +4,7 @@ message before the model loads, quiet by default, options declared once, one JSO
 Checks that need no model run without one: a model path that does not exist proves that the check came first.
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from rejection_align.eval.backends import Decoding
 from rejection_align.eval.benchmarks import Item, load_generic
 from rejection_align.eval.generate import generate_to_files
 from rejection_align.eval.settings import SETTINGS_NAME, GenerateOptions
+from rejection_align.options import from_args, option_fields, recorded
 
 
 adapter = test_generate.adapter  # the real LoRA adapter fixture of test_generate.py
@@ -421,29 +423,31 @@ def test_generate_is_quiet_by_default_and_shows_library_lines_with_verbose(tiny_
 # --- options declared once (issue 18, item 3) -------------------------------------------------------------------
 
 
-def test_every_generate_option_comes_from_the_dataclass_with_its_help_and_default():
-    import dataclasses
-
+def test_every_generate_option_comes_from_the_dataclass_with_its_help_and_default(tmp_path):
     parser = build_parser(only="generate")
     sub = next(a for a in parser._actions if a.dest == "command").choices["generate"]
     by_dest = {action.dest: action for action in sub._actions if action.dest != "help"}
-    fields = {field.name: field for field in dataclasses.fields(GenerateOptions)}
-    assert set(by_dest) == set(fields)
-    for name, field in fields.items():
-        assert by_dest[name].help == field.metadata["help"]
-    assert by_dest["batch_size"].default == 8 and by_dest["mode"].default == ["SD_TYPO"]
+    fields = dict((field.name, opt) for field, opt in option_fields(GenerateOptions))
+    assert set(by_dest) == set(fields) == {field.name for field in dataclasses.fields(GenerateOptions)}
+    for name, opt in fields.items():
+        assert by_dest[name].help == opt.help
+    args = parser.parse_args(["generate", "--benchmark", "generic", "--data", "d", "--output", str(tmp_path)])
+    options = from_args(GenerateOptions, args)
+    assert options == GenerateOptions(benchmark="generic", data="d", output=str(tmp_path))
+    assert options.batch_size == 8 and options.mode == ("SD_TYPO",) and options.config is None
 
 
 def test_the_recorded_settings_are_the_fields_marked_recorded(tmp_path):
-    import dataclasses
-
     options = GenerateOptions(benchmark="generic", data="d", output=str(tmp_path), model="m", template="llava")
     infer = {"model_name_or_path": "m", "template": "llava", "image_max_pixels": 1024}
     decoding = options.decoding(infer)
-    recorded = options.settings(infer, decoding, "hf")
-    marked = [f.name for f in dataclasses.fields(GenerateOptions) if f.metadata.get("recorded")]
-    assert list(recorded) == [*marked, "do_sample", "inference_arguments"]
-    assert recorded["inference_arguments"] == {"image_max_pixels": 1024}
+    settings = options.settings(infer, decoding, "hf")
+    assert list(settings) == [*recorded(GenerateOptions), "do_sample", "inference_arguments"]
+    assert recorded(GenerateOptions) == [  # the settings file's keys, in this order: a change breaks resuming
+        *("benchmark", "model", "adapter", "template", "system", "text_field", "instruction", "max_new_tokens"),
+        *("temperature", "top_p", "top_k", "repetition_penalty", "dtype", "backend"),
+    ]
+    assert settings["inference_arguments"] == {"image_max_pixels": 1024}
 
 
 # --- one JSON-Lines reader (issue 18, item 6) -------------------------------------------------------------------

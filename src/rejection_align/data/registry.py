@@ -10,11 +10,14 @@ import argparse
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
 from ..files import atomic_write_json, file_lock
+from ..options import add_arguments as add_option_arguments
+from ..options import from_args, option
 from . import json_problems
 from .sharegpt import SHAREGPT_COLUMNS
 
@@ -229,21 +232,31 @@ def check_dataset_file(path: str | os.PathLike) -> None:
         raise DataError(f"{path}: nested too deeply; nothing registered") from None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME", help="dataset name, as used in the training YAML (dataset: NAME)")
-    parser.add_argument("--file", required=True, type=Path, help="the sharegpt JSON file to register")
-    parser.add_argument(
-        "--dataset-info",
-        type=Path,
-        default=Path(DEFAULT_DATASET_INFO),
-        help=f"dataset_info.json to update (default: {DEFAULT_DATASET_INFO}; created if missing)",
+@dataclass(frozen=True, kw_only=True)
+class RegisterOptions:
+    """The options of ``rejection-align register``, declared once (:mod:`rejection_align.options`)."""
+
+    name: str = field(
+        metadata=option("name", metavar="NAME", help="dataset name, as used in the training YAML (dataset: NAME)")
     )
-    parser.add_argument("--force", action="store_true", help="replace an existing entry with a different definition")
+    file: Path = field(metadata=option(type=Path, help="the sharegpt JSON file to register"))
+    dataset_info: Path = field(
+        default=Path(DEFAULT_DATASET_INFO),
+        metadata=option(
+            type=Path, help=f"dataset_info.json to update (default: {DEFAULT_DATASET_INFO}; created if missing)"
+        ),
+    )
+    force: bool = field(default=False, metadata=option(help="replace an existing entry with a different definition"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_option_arguments(parser, RegisterOptions)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_dataset_file(args.file)
-    entry = sharegpt_entry(args.file, args.dataset_info)
-    action = register_dataset(args.dataset_info, args.name, entry, force=args.force)
-    print(f"{args.dataset_info}: {args.name!r} {action} (file_name: {entry['file_name']})")
+    options = from_args(RegisterOptions, args)
+    check_dataset_file(options.file)
+    entry = sharegpt_entry(options.file, options.dataset_info)
+    action = register_dataset(options.dataset_info, options.name, entry, force=options.force)
+    print(f"{options.dataset_info}: {options.name!r} {action} (file_name: {entry['file_name']})")
     return 0

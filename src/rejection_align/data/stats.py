@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..options import add_arguments as add_option_arguments
+from ..options import from_args, option
 from .progress import records_bar
 from .reading import LlavaFile, gc_paused
 from .records import DEFAULT_REJECTION_SENTENCE, image_count
@@ -119,19 +121,28 @@ def format_stats(stats: FileStats) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, metavar="FILE", help="LLaVA-format or sharegpt JSON array")
-    parser.add_argument(
-        "--sentences",
-        nargs="+",
-        metavar="TEXT",
-        default=[DEFAULT_REJECTION_SENTENCE],
-        help=f"rejection sentences to count (default: {DEFAULT_REJECTION_SENTENCE!r})",
+@dataclass(frozen=True, kw_only=True)
+class StatsOptions:
+    """The options of ``rejection-align stats``, declared once (:mod:`rejection_align.options`)."""
+
+    file: Path = field(metadata=option("file", type=Path, metavar="FILE", help="LLaVA-format or sharegpt JSON array"))
+    sentences: tuple[str, ...] = field(
+        default=(DEFAULT_REJECTION_SENTENCE,),
+        metadata=option(
+            nargs="+",
+            metavar="TEXT",
+            help=f"rejection sentences to count (default: {DEFAULT_REJECTION_SENTENCE!r})",
+        ),
     )
-    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    json: bool = field(default=False, metadata=option(help="print the figures as one JSON object"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_option_arguments(parser, StatsOptions)
 
 
 def run(args: argparse.Namespace) -> int:
-    stats = file_stats(args.file, args.sentences)
-    print(json.dumps(stats.to_dict(), ensure_ascii=False, indent=2) if args.json else format_stats(stats))
+    options = from_args(StatsOptions, args)
+    stats = file_stats(options.file, options.sentences)
+    print(json.dumps(stats.to_dict(), ensure_ascii=False, indent=2) if options.json else format_stats(stats))
     return 0

@@ -36,7 +36,9 @@ from typing import IO, Any
 
 from ..errors import ConfigError
 from ..files import Terminated, atomic_write_text, file_lock
-from . import jsonl, options
+from ..options import add_arguments as add_option_arguments
+from ..options import from_args
+from . import jsonl
 from .adapters import check_adapter_base, load_adapter, read_adapter_config
 from .backends import (
     Answer,
@@ -327,6 +329,8 @@ def _write(handle: IO[str], path: Path, text: str | None) -> None:
 
 def load_items(args: argparse.Namespace | GenerateOptions) -> list[Item]:
     """Benchmark items from the command-line options (layout and images checked here, before any model loads)."""
+    if isinstance(args, argparse.Namespace):  # list options absent from the command line: the fields' defaults
+        args = from_args(GenerateOptions, args)
     if args.benchmark == "mmsafetybench":
         modes = list(MMSAFETYBENCH_MODES) if "all" in args.mode else args.mode
         items = load_benchmark(
@@ -349,7 +353,7 @@ def load_items(args: argparse.Namespace | GenerateOptions) -> list[Item]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    options.add_arguments(parser, GenerateOptions)
+    add_option_arguments(parser, GenerateOptions)
 
 
 def generator_from_args(args: argparse.Namespace | GenerateOptions) -> Generator:
@@ -388,7 +392,7 @@ def _plural(n: int, word: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = options.from_args(GenerateOptions, args)
+    opts = from_args(GenerateOptions, args)
     opts.check()  # options alone: sizes, temperature, top-p, an --output that is a file
     infer_args = infer_arguments(
         opts.config, model=opts.model, adapter=opts.adapter, template=opts.template, dtype=opts.dtype

@@ -1,8 +1,9 @@
 """``generate``'s options, declared once, and the settings record that gives an output folder one identity.
 
 ``GenerateOptions`` is the single declaration: the argparse flags, their defaults and help come from it
-(``eval/options.py``), and the fields marked ``recorded=True`` are the generation settings written to
-``<output>/.generate-settings`` (JSON), with the values actually used (the inference YAML's keys, then the flags).
+(:mod:`rejection_align.options`), and its recorded fields (all but those with ``record=False``) are the generation
+settings written to ``<output>/.generate-settings`` (JSON), with the values actually used (the inference YAML's
+keys, then the flags).
 A later run in the same folder must have the same settings: resuming with another system prompt, temperature,
 adapter, ... would mix two runs into one set of numbers, so it is refused, naming the setting and both values.
 """
@@ -14,13 +15,13 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_write_json
-from . import options
+from ..options import option, recorded
 from .adapters import same_ref
 from .backends import BACKENDS, DECODING_KEYS, DEFAULT_MAX_NEW_TOKENS, DTYPES, FLAG_KEYS, Decoding
 from .benchmarks import (
@@ -45,107 +46,166 @@ UNRECORDED_KEYS = {"infer_backend", "trust_remote_code", *FLAG_KEYS.values(), *D
 _FIRST = ", ".join(MMSAFETYBENCH_SCENARIOS[:2])
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class GenerateOptions:
-    """The options of ``rejection-align generate``; ``recorded=True`` marks the settings an output folder keeps."""
+    """The options of ``rejection-align generate``; the recorded ones are the settings an output folder keeps."""
 
-    config: str | None = options.option(
-        "an inference YAML as `llamafactory-cli chat` takes it (configs/inference/*.yaml): model_name_or_path, "
-        "adapter_name_or_path, template, infer_dtype, quantization, image_max_pixels, temperature, top_p, top_k, "
-        "max_new_tokens, repetition_penalty, do_sample, ...; the flags below override it",
-        positional=True,
-        metavar="INFER_YAML",
-    )
-    benchmark: str = options.option(
-        "which loader reads --data", default=None, required=True, choices=BENCHMARKS, recorded=True
-    )
-    data: str = options.option(
-        "mmsafetybench: the folder with processed_questions/ and imgs/ (or the repository root, with data/); "
-        "figstep: the folder of PNGs (SafeBench); generic: a JSON/JSONL file of {id, prompt, image?}",
+    config: str | None = field(
         default=None,
-        required=True,
-        metavar="PATH",
+        metadata=option(
+            "config",
+            nargs="?",
+            metavar="INFER_YAML",
+            record=False,
+            help="an inference YAML as `llamafactory-cli chat` takes it (configs/inference/*.yaml): "
+            "model_name_or_path, adapter_name_or_path, template, infer_dtype, quantization, image_max_pixels, "
+            "temperature, top_p, top_k, max_new_tokens, repetition_penalty, do_sample, ...; the flags below "
+            "override it",
+        ),
     )
-    model: str | None = options.option(
-        "base model: a local folder or hub id (required unless INFER_YAML names one)", recorded=True
+    benchmark: str = field(metadata=option(choices=BENCHMARKS, help="which loader reads --data"))
+    data: str = field(
+        metadata=option(
+            metavar="PATH",
+            record=False,
+            help="mmsafetybench: the folder with processed_questions/ and imgs/ (or the repository root, with "
+            "data/); figstep: the folder of PNGs (SafeBench); generic: a JSON/JSONL file of {id, prompt, image?}",
+        )
     )
-    adapter: str | None = options.option("a LoRA adapter folder trained on --model", metavar="DIR", recorded=True)
-    template: str | None = options.option(
-        "the LLaMA-Factory template the model was trained with (llava, llava_next_llama3, llava_next_mistral, "
-        f"yi_vl, qwen2_vl, ...; required unless INFER_YAML names one); {HF_CHAT}: the checkpoint's own chat "
-        "template instead (not what a LLaMA-Factory-trained model saw)",
-        metavar="NAME",
-        recorded=True,
-    )
-    system: str | None = options.option(
-        "system prompt (default: the template's own default system prompt)", recorded=True
-    )
-    output: str = options.option(
-        "where the JSONL answers go (resumed if there, with the same settings only)",
+    model: str | None = field(
         default=None,
-        required=True,
-        metavar="DIR",
+        metadata=option(help="base model: a local folder or hub id (required unless INFER_YAML names one)"),
     )
-    mode: list[str] = options.option(
-        "MM-SafetyBench input modes: SD_TYPO (SD+typography image, rephrased question), TYPO (typography "
-        "image, rephrased question), SD (SD image, SD-rephrased question), text (original question, no image), "
-        "or all (default: SD_TYPO)",
-        default_factory=lambda: list(DEFAULT_MMSAFETYBENCH_MODES),
-        choices=[*MMSAFETYBENCH_MODES, "all"],
+    adapter: str | None = field(
+        default=None, metadata=option(metavar="DIR", help="a LoRA adapter folder trained on --model")
     )
-    scenarios: list[str] | None = options.option(
-        f"MM-SafetyBench scenarios (default: all 13: {_FIRST}, ...)", metavar="NAME"
+    template: str | None = field(
+        default=None,
+        metadata=option(
+            metavar="NAME",
+            help="the LLaMA-Factory template the model was trained with (llava, llava_next_llama3, "
+            f"llava_next_mistral, yi_vl, qwen2_vl, ...; required unless INFER_YAML names one); {HF_CHAT}: the "
+            "checkpoint's own chat template instead (not what a LLaMA-Factory-trained model saw)",
+        ),
     )
-    text_field: str = options.option(
-        "MM-SafetyBench text mode: the question asked, 'Changed Question' (default, as the paper's evaluation) "
-        "or 'Question' (the benchmark README's)",
+    system: str | None = field(
+        default=None, metadata=option(help="system prompt (default: the template's own default system prompt)")
+    )
+    output: str = field(
+        metadata=option(
+            metavar="DIR",
+            record=False,
+            help="where the JSONL answers go (resumed if there, with the same settings only)",
+        )
+    )
+    mode: tuple[str, ...] = field(
+        default=DEFAULT_MMSAFETYBENCH_MODES,
+        metadata=option(
+            nargs="+",
+            choices=(*MMSAFETYBENCH_MODES, "all"),
+            record=False,
+            help="MM-SafetyBench input modes: SD_TYPO (SD+typography image, rephrased question), TYPO (typography "
+            "image, rephrased question), SD (SD image, SD-rephrased question), text (original question, no image), "
+            "or all (default: SD_TYPO)",
+        ),
+    )
+    scenarios: tuple[str, ...] | None = field(
+        default=None,
+        metadata=option(
+            nargs="+", metavar="NAME", record=False, help=f"MM-SafetyBench scenarios (default: all 13: {_FIRST}, ...)"
+        ),
+    )
+    text_field: str = field(
         default=DEFAULT_MMSAFETYBENCH_TEXT_FIELD,
-        choices=MMSAFETYBENCH_TEXT_FIELDS,
-        recorded=True,
+        metadata=option(
+            choices=MMSAFETYBENCH_TEXT_FIELDS,
+            help="MM-SafetyBench text mode: the question asked, 'Changed Question' (default, as the paper's "
+            "evaluation) or 'Question' (the benchmark README's)",
+        ),
     )
-    image_root: str | None = options.option("mmsafetybench: the imgs/ folder; generic: image base dir", metavar="DIR")
-    instruction: str | None = options.option("figstep: replace the fixed FigStep text prompt", recorded=True)
-    benign: bool = options.option("mark the prompts benign (judge reports over-refusal)", default=False)
-    limit: int | None = options.option("only the first N items (smoke tests)", metavar="N")
-    batch_size: int = options.option(
-        f"prompts per batch (default: {DEFAULT_BATCH_SIZE}; answers equal one-at-a-time ones exactly in float32 "
-        "on CPU, approximately in bfloat16 on a GPU)",
+    image_root: str | None = field(
+        default=None,
+        metadata=option(metavar="DIR", record=False, help="mmsafetybench: the imgs/ folder; generic: image base dir"),
+    )
+    instruction: str | None = field(
+        default=None, metadata=option(help="figstep: replace the fixed FigStep text prompt")
+    )
+    benign: bool = field(
+        default=False, metadata=option(record=False, help="mark the prompts benign (judge reports over-refusal)")
+    )
+    limit: int | None = field(
+        default=None,
+        metadata=option(type=int, metavar="N", record=False, help="only the first N items (smoke tests)"),
+    )
+    batch_size: int = field(
         default=DEFAULT_BATCH_SIZE,
+        metadata=option(
+            type=int,
+            record=False,
+            help=f"prompts per batch (default: {DEFAULT_BATCH_SIZE}; answers equal one-at-a-time ones exactly in "
+            "float32 on CPU, approximately in bfloat16 on a GPU)",
+        ),
     )
-    max_new_tokens: int | None = options.option(
-        f"answer length limit (default: the YAML's max_new_tokens, else {DEFAULT_MAX_NEW_TOKENS})", recorded=True
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata=option(
+            type=int,
+            help=f"answer length limit (default: the YAML's max_new_tokens, else {DEFAULT_MAX_NEW_TOKENS})",
+        ),
     )
-    temperature: float | None = options.option(
-        "sampling temperature; 0 means greedy decoding (default: the YAML's temperature, else 0)", recorded=True
+    temperature: float | None = field(
+        default=None,
+        metadata=option(
+            type=float,
+            help="sampling temperature; 0 means greedy decoding (default: the YAML's temperature, else 0)",
+        ),
     )
-    top_p: float | None = options.option(
-        "nucleus sampling, in (0, 1] (default: the YAML's, else the model's)", recorded=True
+    top_p: float | None = field(
+        default=None,
+        metadata=option(type=float, help="nucleus sampling, in (0, 1] (default: the YAML's, else the model's)"),
     )
-    top_k: int | None = options.option("top-k sampling (default: the YAML's, else the model's)", recorded=True)
-    repetition_penalty: float | None = options.option(
-        "above 0, 1 = none (default: the YAML's, else the model's)", recorded=True
+    top_k: int | None = field(
+        default=None, metadata=option(type=int, help="top-k sampling (default: the YAML's, else the model's)")
     )
-    device: str | None = options.option(
-        "hf backend: put the whole model on this torch device, e.g. cpu, cuda, cuda:1 (default: LLaMA-Factory's "
-        "device_map=auto)"
+    repetition_penalty: float | None = field(
+        default=None,
+        metadata=option(type=float, help="above 0, 1 = none (default: the YAML's, else the model's)"),
     )
-    dtype: str | None = options.option(
-        "LLaMA-Factory's infer_dtype (default: the YAML's, else auto: bfloat16 where the GPU has it, else "
-        "float16 on a GPU, float32 on CPU)",
-        choices=DTYPES,
-        recorded=True,
+    device: str | None = field(
+        default=None,
+        metadata=option(
+            record=False,
+            help="hf backend: put the whole model on this torch device, e.g. cpu, cuda, cuda:1 (default: "
+            "LLaMA-Factory's device_map=auto)",
+        ),
     )
-    backend: str | None = options.option(
-        "hf (transformers, the default) or vllm (UNTESTED; default: the YAML's infer_backend)",
-        choices=BACKENDS,
-        recorded=True,
+    dtype: str | None = field(
+        default=None,
+        metadata=option(
+            choices=DTYPES,
+            help="LLaMA-Factory's infer_dtype (default: the YAML's, else auto: bfloat16 where the GPU has it, else "
+            "float16 on a GPU, float32 on CPU)",
+        ),
     )
-    force_adapter: bool = options.option("accept an adapter whose recorded base model name differs", default=False)
-    overwrite: bool = options.option(
-        "discard everything an earlier generate wrote in --output (every mode and file) and start over",
+    backend: str | None = field(
+        default=None,
+        metadata=option(
+            choices=BACKENDS,
+            help="hf (transformers, the default) or vllm (UNTESTED; default: the YAML's infer_backend)",
+        ),
+    )
+    force_adapter: bool = field(
         default=False,
+        metadata=option(record=False, help="accept an adapter whose recorded base model name differs"),
     )
-    no_progress: bool = options.option("no progress bar", default=False)
+    overwrite: bool = field(
+        default=False,
+        metadata=option(
+            record=False,
+            help="discard everything an earlier generate wrote in --output (every mode and file) and start over",
+        ),
+    )
+    no_progress: bool = field(default=False, metadata=option(record=False, help="no progress bar"))
 
     def check(self) -> None:
         """What can be refused from the options alone, before anything is read or loaded."""
@@ -182,7 +242,7 @@ class GenerateOptions:
         return decoding
 
     def settings(self, infer_args: Mapping[str, Any], decoding: Decoding, backend: str) -> dict[str, Any]:
-        """The recorded settings, as used: every ``recorded`` field (YAML values filled in), then the other
+        """The recorded settings, as used: every recorded field (YAML values filled in), then the other
         inference arguments that shape answers (quantization, image_max_pixels, ...)."""
         used = dataclasses.asdict(decoding.resolved())
         resolved = {
@@ -195,10 +255,7 @@ class GenerateOptions:
             "instruction": (self.instruction or FIGSTEP_INSTRUCTION) if self.benchmark == "figstep" else None,
             **used,
         }
-        record = {}
-        for field in dataclasses.fields(self):
-            if field.metadata.get("recorded"):
-                record[field.name] = resolved.get(field.name, getattr(self, field.name))
+        record = {name: resolved.get(name, getattr(self, name)) for name in recorded(type(self))}
         record["do_sample"] = used["do_sample"]
         extra = {key: value for key, value in infer_args.items() if key not in UNRECORDED_KEYS}
         record["inference_arguments"] = json.loads(json.dumps(extra, sort_keys=True, default=str))
