@@ -7,7 +7,7 @@ import re
 import pytest
 
 from rejection_align.cli import main as cli_main
-from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE as REJECTION_SENTENCE
+from rejection_align.data.records import DEFAULT_REJECTION_SENTENCE as REJECTION_SENTENCE
 from rejection_align.demo.tiny import (
     IMAGE,
     STAMP_NAME,

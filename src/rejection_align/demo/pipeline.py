@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..data.llava_format import DEFAULT_REJECTION_SENTENCE as SENTENCE
+from ..data.records import DEFAULT_REJECTION_SENTENCE as SENTENCE
 from ..errors import ConfigError
 from ..hook.masking import IGNORE_INDEX
 
