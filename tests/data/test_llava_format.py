@@ -7,18 +7,12 @@ from pathlib import Path
 import pytest
 
 from conftest import llava_record as record
-from rejection_align.data import llava_format, reading
+from rejection_align.data import llava_format, reading, records, sharegpt
 from rejection_align.data import writer as writer_module
-from rejection_align.data.llava_format import (
-    FLAG_ALL_WHAT_ABOUT,
-    FLAG_HAS_IMAGE,
-    LlavaFile,
-    decode_record,
-    encode_record,
-    find_missing_images,
-    sharegpt_bytes,
-    to_sharegpt,
-)
+from rejection_align.data.images import find_missing_images
+from rejection_align.data.reading import LlavaFile
+from rejection_align.data.records import FLAG_ALL_WHAT_ABOUT, FLAG_HAS_IMAGE, decode_record, to_sharegpt
+from rejection_align.data.sharegpt import encode_record, sharegpt_bytes
 from rejection_align.errors import DataError
 
 
@@ -29,10 +23,20 @@ def write_json(path: Path, data, **dump_args) -> Path:
 
 def check(obj, label: str = "f.json", index: int = 0) -> int:
     """Validate one record given as Python objects, the way a file's record is: from its JSON bytes."""
-    return llava_format.check_record(decode_record(json.dumps(obj).encode(), label, index), label, index)
+    return records.check_record(decode_record(json.dumps(obj).encode(), label, index), label, index)
 
 
 IMAGE_RECORD = record("0042", ("<image>\nWhat is shown?", "A cat."), image="coco/1.jpg")
+
+
+def test_llava_format_still_offers_every_name_from_the_module_that_holds_it():
+    # the public re-export module of the old single-file layer: code outside the package may import from it
+    from rejection_align.data import images
+
+    homes = (records, reading, sharegpt, writer_module, images)
+    assert len(llava_format.__all__) > 30
+    for name in llava_format.__all__:
+        assert any(getattr(home, name, None) is getattr(llava_format, name) for home in homes), name
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -220,7 +224,7 @@ def test_the_writer_syncs_its_file_to_disk_as_it_goes(tmp_path, monkeypatch):
     monkeypatch.setattr(writer_module, "SYNC_BYTES", 100)
     monkeypatch.setattr(writer_module.os, "fdatasync", synced.append)
     with open(tmp_path / "out.json", "wb") as handle:
-        writer = llava_format.JsonArrayWriter(handle)
+        writer = writer_module.JsonArrayWriter(handle)
         for _ in range(3):
             writer.write_bytes(b"x" * 50)
             writer._flush()  # (a batch is 4 MiB: flush each record here)
@@ -240,7 +244,7 @@ def test_record_nested_too_deeply_is_an_error_naming_the_record_not_a_recursion_
 
 
 def test_file_nested_beyond_the_split_limit_is_an_error_naming_the_file(tmp_path):
-    depth = llava_format.SPLIT_RECURSION_LIMIT + 10
+    depth = reading.SPLIT_RECURSION_LIMIT + 10
     path = tmp_path / "deep.json"
     path.write_text("[" + "[" * depth + "]" * depth + "]")
     with pytest.raises(DataError, match=rf"^{path}: not supported: a value is nested more than"):
@@ -505,7 +509,7 @@ OTHER_TEXTS = [
 @pytest.mark.parametrize("text", PLAIN_TEXTS)
 def test_plain_record_copied_from_its_bytes_equals_the_encoded_sharegpt_record(text):
     data = text.encode("utf-8")
-    out, images = llava_format.plain_sharegpt_bytes(data)
+    out, images = sharegpt.plain_sharegpt_bytes(data)
     assert json.loads(out) == to_sharegpt(json.loads(text))
     assert images == to_sharegpt(json.loads(text))["image"]
     assert b"\n" not in out and b"\r" not in out
@@ -513,7 +517,7 @@ def test_plain_record_copied_from_its_bytes_equals_the_encoded_sharegpt_record(t
 
 @pytest.mark.parametrize("text", OTHER_TEXTS)
 def test_other_layouts_are_not_copied_from_their_bytes_but_re_encoded(text):
-    assert llava_format.plain_sharegpt_bytes(text.encode("utf-8")) is None
+    assert sharegpt.plain_sharegpt_bytes(text.encode("utf-8")) is None
     out, images = sharegpt_bytes(text.encode("utf-8"))
     assert out == encode_record(to_sharegpt(json.loads(text)))
     assert images == to_sharegpt(json.loads(text))["image"]

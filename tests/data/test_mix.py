@@ -14,7 +14,7 @@ from conftest import llava_record as record
 from conftest import no_child_left, stop_other_threads
 from rejection_align import __version__
 from rejection_align.cli import main
-from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE
+from rejection_align.data.records import DEFAULT_REJECTION_SENTENCE
 
 
 SORRY = DEFAULT_REJECTION_SENTENCE

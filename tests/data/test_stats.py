@@ -7,7 +7,7 @@ import pytest
 
 from conftest import llava_record as record
 from rejection_align.cli import main
-from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE
+from rejection_align.data.records import DEFAULT_REJECTION_SENTENCE
 from rejection_align.data.stats import file_stats
 
 

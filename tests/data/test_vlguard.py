@@ -14,7 +14,7 @@ import yaml
 
 from conftest import run_llamafactory_cli
 from rejection_align.cli import main
-from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE as SORRY
+from rejection_align.data.records import DEFAULT_REJECTION_SENTENCE as SORRY
 
 
 def safe_record(rid, n_safe=1, n_unsafe=1):

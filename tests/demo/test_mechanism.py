@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE as SENTENCE
+from rejection_align.data.records import DEFAULT_REJECTION_SENTENCE as SENTENCE
 from rejection_align.demo.mechanism import ProbePrompt, _encode, format_table, probe_closing
 from rejection_align.demo.tiny import DEFAULT_SYSTEM, build_tiny_llava
 

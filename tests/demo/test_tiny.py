@@ -1,13 +1,21 @@
 """The tiny LLaVA builder: a real transformers model from configs, small, offline, and reusable."""
 
+import hashlib
 import json
 import re
 
 import pytest
 
 from rejection_align.cli import main as cli_main
-from rejection_align.data.llava_format import DEFAULT_REJECTION_SENTENCE as REJECTION_SENTENCE
-from rejection_align.demo.tiny import IMAGE, STAMP_NAME, build_tiny_llava, build_tiny_tokenizer, transformers_major
+from rejection_align.data.records import DEFAULT_REJECTION_SENTENCE as REJECTION_SENTENCE
+from rejection_align.demo.tiny import (
+    IMAGE,
+    STAMP_NAME,
+    build_tiny_llava,
+    build_tiny_qwen2_vl,
+    build_tiny_tokenizer,
+    transformers_major,
+)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +135,22 @@ def test_build_with_another_seed_rebuilds_with_other_weights(tmp_path):
     second = load_file(tmp_path / "m" / "model.safetensors")
     assert json.loads((tmp_path / "m" / STAMP_NAME).read_text())["params"]["seed"] == 1
     assert any(not first[k].equal(second[k]) for k in first)
+
+
+def _file_digests(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("build", [build_tiny_llava, build_tiny_qwen2_vl], ids=["llava", "qwen2_vl"])
+def test_the_same_seed_builds_byte_identical_files_in_two_folders(tmp_path, build):
+    first = _file_digests(build(tmp_path / "a", seed=7, hidden_size=48))
+    second = _file_digests(build(tmp_path / "b", seed=7, hidden_size=48))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", STAMP_NAME} <= set(first)
+    assert first == second
 
 
 def test_cli_tiny_model_builds_into_the_given_directory(tmp_path, capsys):

@@ -27,7 +27,6 @@ from ..options import add_arguments as add_option_arguments
 from ..options import from_args, option, record
 from . import vlguard
 from .checks import check_images, check_name
-from .llava_format import JsonArrayWriter, LlavaFile, encode_record, gc_paused, sharegpt_bytes
 from .manifest import DatasetRecord, InputRecord, OutputRecord, dataset_record, encode_manifest, input_record
 from .outputs import (
     OutputTarget,
@@ -39,12 +38,15 @@ from .outputs import (
     output_field,
 )
 from .progress import records_bar
+from .reading import LlavaFile, gc_paused
 from .registry import (
     DEFAULT_DATASET_INFO,
     add_deprecated_cache_arguments,
     check_output_dir,
     warn_deprecated_cache_arguments,
 )
+from .sharegpt import encode_record, sharegpt_bytes
+from .writer import JsonArrayWriter
 
 
 logger = logging.getLogger(__name__)

@@ -35,19 +35,6 @@ from ..options import add_arguments as add_option_arguments
 from ..options import from_args, option, record
 from .checks import check_images, check_name
 from .forked import Forked
-from .llava_format import (
-    DEFAULT_REJECTION_SENTENCE,
-    GPT,
-    HUMAN,
-    IMAGE_TAG,
-    JsonArrayWriter,
-    LlavaFile,
-    encode_record,
-    gc_paused,
-    is_follow_up,
-    record_images,
-    to_sharegpt,
-)
 from .manifest import DatasetRecord, InputRecord, OutputRecord, dataset_record, decode_manifest, encode_manifest
 from .outputs import (
     OutputTarget,
@@ -59,11 +46,15 @@ from .outputs import (
     output_field,
 )
 from .progress import records_bar
+from .reading import LlavaFile, gc_paused
+from .records import DEFAULT_REJECTION_SENTENCE, GPT, HUMAN, IMAGE_TAG, is_follow_up, record_images, to_sharegpt
 from .registry import (
     add_deprecated_cache_arguments,
     check_output_dir,
     warn_deprecated_cache_arguments,
 )
+from .sharegpt import encode_record
+from .writer import JsonArrayWriter
 
 
 logger = logging.getLogger(__name__)

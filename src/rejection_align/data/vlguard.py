@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ..errors import DataError
-from .llava_format import GPT, HUMAN, IMAGE_TAG
+from .records import GPT, HUMAN, IMAGE_TAG
 
 
 SAFE_SAFE, SAFE_UNSAFE, UNSAFE = "safe_safe", "safe_unsafe", "unsafe"

@@ -191,45 +191,53 @@ def _parse_image(name: str) -> tuple[str, str]:
     return color, shape
 
 
-def make_records() -> dict[str, list[dict[str, Any]]]:
-    """The four JSON files' contents; deterministic (one seeded ``random.Random``)."""
-    rng = random.Random(SEED)
-    images = image_names()
-
-    rejection_source = []
+def _rejection_source(rng: random.Random, images: list[str]) -> list[dict[str, Any]]:
+    """Image records to draw rejection examples from: one question first, then up to two follow-ups."""
+    records = []
     for index in range(N_REJECTION_SOURCE):
         image = images[index % len(images)]
         pairs = _image_pairs(*_parse_image(image))
         first = rng.choice([p for p in pairs if not p[0].startswith("What about")])
         rest = rng.sample([p for p in pairs if p != first], rng.randrange(0, 3))
         record_id = f"{100000 + index * 7:012d}"  # COCO-style zero-padded ids
-        rejection_source.append(
+        records.append(
             {
                 "id": record_id,
                 "image": image,
                 "conversations": _conversation([first, *rest], True, rng.random() < 0.25),
             }
         )
+    return records
 
-    instruct = []
-    shared_ids = [record["id"] for record in rejection_source]
+
+def _instruct(rng: random.Random, images: list[str], rejection_source: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Instruction records: some on the rejection source's images (same ids), a third text-only, the rest drawn."""
+    records = []
     for index in range(N_INSTRUCT):
-        if index < len(shared_ids):  # the same image as a rejection-source record, another question
+        if index < len(rejection_source):  # the same image as a rejection-source record, another question
             source = rejection_source[index]
             pairs = _image_pairs(*_parse_image(source["image"]))
             chosen = rng.sample(pairs, rng.randrange(1, 3))
-            instruct.append(
+            records.append(
                 {"id": source["id"], "image": source["image"], "conversations": _conversation(chosen, True)}
             )
         elif index % 3 == 0:  # text-only, as a quarter of llava_v1_5_mix665k.json
             pairs = [_text_pairs(rng) for _ in range(rng.randrange(1, 3))]
-            instruct.append({"id": f"text-{index:05d}", "conversations": _conversation(pairs, with_image=False)})
+            records.append({"id": f"text-{index:05d}", "conversations": _conversation(pairs, with_image=False)})
         else:
             image = rng.choice(images)
             chosen = rng.sample(_image_pairs(*_parse_image(image)), rng.randrange(1, 4))
             record_id = f"{500000 + index * 11:012d}"
-            instruct.append({"id": record_id, "image": image, "conversations": _conversation(chosen, True)})
+            records.append({"id": record_id, "image": image, "conversations": _conversation(chosen, True)})
+    return records
 
+
+def make_records() -> dict[str, list[dict[str, Any]]]:
+    """The four JSON files' contents; deterministic (one seeded ``random.Random``, drawn from in this order)."""
+    rng = random.Random(SEED)
+    images = image_names()
+    rejection_source = _rejection_source(rng, images)
+    instruct = _instruct(rng, images, rejection_source)
     safety = [
         {"id": f"unsafe-{index:03d}", "image": images[(index * 5) % len(images)], "prompt": request}
         for index, request in enumerate(SAFETY_REQUESTS)

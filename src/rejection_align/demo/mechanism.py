@@ -76,8 +76,7 @@ def probe_closing(
     import torch
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import DataArguments
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
@@ -87,38 +86,52 @@ def probe_closing(
     inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
     if pixel_values is not None:
         inputs["pixel_values"] = pixel_values
-    eos = tokenizer.eos_token_id
+    return [
+        _probe_one(label, _load_model(model_dir, adapter), inputs, start, tokenizer, max_new_tokens)
+        for label, adapter in adapters.items()
+    ]
 
-    results = []
-    for label, adapter in adapters.items():
-        torch.manual_seed(0)
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
-        if adapter is not None:
-            with warnings.catch_warnings():  # peft warns about tied weights the tiny model does not tie
-                warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
-                model = PeftModel.from_pretrained(model, adapter)
-        model.eval()
-        with torch.no_grad():
-            log_probs = torch.log_softmax(model(**inputs).logits[0].float(), dim=-1)
-            # position i predicts token i + 1: the sentence tokens are predicted from start - 1 to the one before last
-            targets = input_ids[0, start:]
-            sentence_lp = log_probs[start - 1 : -1].gather(1, targets[:, None]).mean()
-            probs = log_probs[-1].exp()
-            generated = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos
-            )
-        new = generated[0, input_ids.shape[1] :].tolist()
-        results.append(
-            ClosingProbe(
-                label=label,
-                p_sentence=float(sentence_lp.exp()),
-                p_close=float(probs[eos]),
-                top_token=tokenizer.decode([int(probs.argmax())]),
-                continuation=tokenizer.decode(new, skip_special_tokens=False),
-                stopped=bool(new) and new[0] == eos,
-            )
+
+def _load_model(model_dir: Path, adapter: Path | None) -> Any:
+    """The base model in float32, with ``adapter`` on it unless it is ``None``; in eval mode."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        with warnings.catch_warnings():  # peft warns about tied weights the tiny model does not tie
+            warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+            model = PeftModel.from_pretrained(model, adapter)
+    return model.eval()
+
+
+def _probe_one(
+    label: str, model: Any, inputs: dict[str, Any], start: int, tokenizer: Any, max_new_tokens: int
+) -> ClosingProbe:
+    """One forward pass (the sentence's probability, the next token's) and greedy decoding after the sentence."""
+    import torch
+
+    input_ids, eos = inputs["input_ids"], tokenizer.eos_token_id
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(**inputs).logits[0].float(), dim=-1)
+        # position i predicts token i + 1: the sentence tokens are predicted from start - 1 to the one before last
+        targets = input_ids[0, start:]
+        sentence_lp = log_probs[start - 1 : -1].gather(1, targets[:, None]).mean()
+        probs = log_probs[-1].exp()
+        generated = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=eos
         )
-    return results
+    new = generated[0, input_ids.shape[1] :].tolist()
+    return ClosingProbe(
+        label=label,
+        p_sentence=float(sentence_lp.exp()),
+        p_close=float(probs[eos]),
+        top_token=tokenizer.decode([int(probs.argmax())]),
+        continuation=tokenizer.decode(new, skip_special_tokens=False),
+        stopped=bool(new) and new[0] == eos,
+    )
 
 
 def format_table(probes: list[ClosingProbe], sentence: str) -> list[str]:

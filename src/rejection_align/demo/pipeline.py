@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..data.llava_format import DEFAULT_REJECTION_SENTENCE as SENTENCE
+from ..data.records import DEFAULT_REJECTION_SENTENCE as SENTENCE
 from ..errors import ConfigError
 from ..hook.masking import IGNORE_INDEX
 
@@ -336,8 +336,6 @@ def run(args: argparse.Namespace) -> int:
 def _steps(
     args: argparse.Namespace, out: Path, config: Path, baseline_config: Path, data: Path, started: float
 ) -> int:
-    from .tiny import STAMP_NAME, build_tiny_llava
-
     total = 5 if args.no_judge else 6
     model_dir, data_dir = out / "tiny_llava", out / "data"
     runs = [
@@ -345,9 +343,7 @@ def _steps(
         _Run("baseline", baseline_config, out / "adapter_baseline", out / "run_baseline"),
     ]
     with step(1, total, f"tiny LLaVA -> {model_dir}"):
-        build_tiny_llava(model_dir, seed=args.seed)
-        stamp = json.loads((model_dir / STAMP_NAME).read_text(encoding="utf-8"))
-        print(f"      {stamp['n_parameters']:,} parameters, {stamp['n_image_tokens']} image tokens per image")
+        _build_model(model_dir, seed=args.seed)
 
     with step(2, total, f"mix {args.n_rejection} rejection + {args.n_instruct} instruction examples -> {data_dir}"):
         mix_demo_data(data, data_dir, n_rejection=args.n_rejection, n_instruct=args.n_instruct, seed=args.seed)
@@ -359,15 +355,7 @@ def _steps(
             return status
 
     with step(4, total, "the method, visible in the tokenized training set"):
-        method, baseline = runs
-        lines, counts = show_rejection_example(method.tokenized, model_dir)
-        _, baseline_counts = show_rejection_example(baseline.tokenized, model_dir)
-        print(_indent("\n".join(lines)))
-        for label, c in (("method", counts), ("baseline", baseline_counts)):
-            print(
-                f"      {label + ':':<9} over all {c['examples']} examples, {c['masked_closing_tokens']} closing tokens "
-                f"masked (rejection answers), {c['trained_closing_tokens']} trained"
-            )
+        _show_mask(runs, model_dir)
 
     with step(5, total, "the effect: what each model does right after the rejection sentence"), _threads(1):
         probes = _probe(out, model_dir, runs, data)
@@ -384,6 +372,15 @@ def _steps(
         f"everything is under {out}"
     )
     return 0
+
+
+def _build_model(model_dir: Path, *, seed: int) -> None:
+    """Step 1: the tiny LLaVA (reused when ``model_dir`` holds the same build); prints its size."""
+    from .tiny import STAMP_NAME, build_tiny_llava
+
+    build_tiny_llava(model_dir, seed=seed)
+    stamp = json.loads((model_dir / STAMP_NAME).read_text(encoding="utf-8"))
+    print(f"      {stamp['n_parameters']:,} parameters, {stamp['n_image_tokens']} image tokens per image")
 
 
 def mix_demo_data(data: Path, data_dir: Path, *, n_rejection: int, n_instruct: int, seed: int) -> MixResult:
@@ -447,6 +444,19 @@ def _train(runs: list[_Run], model_dir: Path, data_dir: Path, data: Path, max_st
         plot = r.adapter / "training_loss.png"
         print(f"                loss plot {plot}" if plot.exists() else "                (no loss plot written)")
     return 0
+
+
+def _show_mask(runs: list[_Run], model_dir: Path) -> None:
+    """Step 4: one masked rejection answer of the method's tokenized set, and the closing-token counts of both."""
+    method, baseline = runs
+    lines, counts = show_rejection_example(method.tokenized, model_dir)
+    _, baseline_counts = show_rejection_example(baseline.tokenized, model_dir)
+    print(_indent("\n".join(lines)))
+    for label, c in (("method", counts), ("baseline", baseline_counts)):
+        print(
+            f"      {label + ':':<9} over all {c['examples']} examples, {c['masked_closing_tokens']} closing tokens "
+            f"masked (rejection answers), {c['trained_closing_tokens']} trained"
+        )
 
 
 def _probe(out: Path, model_dir: Path, runs: list[_Run], data: Path) -> list[Any]:

@@ -229,6 +229,29 @@ def _is_built(out_dir: Path, params: dict[str, Any]) -> bool:
         return False
 
 
+def _already_built(out_dir: Path, params: dict[str, Any], family: str) -> bool:
+    """True when ``out_dir`` holds this very build; otherwise check that building there is allowed."""
+    if _is_built(out_dir, params):
+        logger.info("tiny %s already built in %s", family, out_dir)
+        return True
+    _check_out_dir(out_dir)
+    return False
+
+
+def _random_model(model_class: Any, config: Any, seed: int, *, bos: int, eos: int, pad: int) -> Any:
+    """Random weights from ``seed`` (nothing else draws from torch's generator in between: same seed, same bytes),
+    with greedy, short generation defaults."""
+    import torch
+    from transformers import GenerationConfig
+
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, do_sample=False, max_new_tokens=32
+    )
+    return model
+
+
 def _save_build(
     out_dir: Path,
     model: Any,
@@ -256,48 +279,9 @@ def _save_build(
     return n_params
 
 
-def build_tiny_llava(
-    out_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    image_size: int = DEFAULT_IMAGE_SIZE,
-    patch_size: int = PATCH_SIZE,
-    hidden_size: int = 64,
-    vocab_size: int = 512,
-) -> Path:
-    """Write a tiny ``LlavaForConditionalGeneration`` with tokenizer and processor to ``out_dir``.
-
-    The image token count is ``(image_size // patch_size) ** 2`` (4 by default): the CLIP tower adds a CLS
-    position and the ``default`` feature strategy drops it, as in ``llava-hf/llava-1.5-7b-hf``. A second call
-    with the same arguments finds the stamp file and returns at once. ``out_dir`` must be new, empty or an earlier
-    build (:class:`ConfigError` otherwise, as for sizes that make no model; nothing is written then).
-    """
-    out_dir = Path(out_dir)
-    check_sizes(
-        seed=seed, hidden_size=hidden_size, vocab_size=vocab_size, image_size=image_size, patch_size=patch_size
-    )
-    params = _build_params(seed, image_size, patch_size, hidden_size, vocab_size)
-    # transformers 4.x and 5.x name the CLIP tower's weights differently: a build of one loads badly in the other
-    params["transformers_major"] = transformers_major()
-    if _is_built(out_dir, params):
-        logger.info("tiny LLaVA already built in %s", out_dir)
-        return out_dir
-    _check_out_dir(out_dir)
-
-    import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        GenerationConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    tokenizer = build_tiny_tokenizer(vocab_size=vocab_size)
-    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
-    n_image_tokens = (image_size // patch_size) ** 2
+def _llava_config(tokenizer: Any, *, image_size: int, patch_size: int, hidden_size: int) -> Any:
+    """CLIP tower + Llama text model, two layers each; the image token count is ``(image_size // patch_size) ** 2``."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     vision_config = CLIPVisionConfig(
         hidden_size=32,
@@ -324,30 +308,27 @@ def build_tiny_llava(
     config = LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
-        image_token_index=image_token_id,
-        image_seq_length=n_image_tokens,
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE),
+        image_seq_length=(image_size // patch_size) ** 2,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
     # top-level ids too: the Trainer compares the tokenizer's ids with ``model.config``'s and warns otherwise
     config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-        max_new_tokens=32,
-    )
+    return config
+
+
+def _llava_processor(tokenizer: Any, *, image_size: int, patch_size: int) -> Any:
+    """llava-hf's processor: CLIP's resize and centre crop, and the image placeholder expanded to the image tokens."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
 
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         do_center_crop=True,
     )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=patch_size,
@@ -356,6 +337,47 @@ def build_tiny_llava(
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
 
+
+def build_tiny_llava(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+    hidden_size: int = 64,
+    vocab_size: int = 512,
+) -> Path:
+    """Write a tiny ``LlavaForConditionalGeneration`` with tokenizer and processor to ``out_dir``.
+
+    The image token count is ``(image_size // patch_size) ** 2`` (4 by default): the CLIP tower adds a CLS
+    position and the ``default`` feature strategy drops it, as in ``llava-hf/llava-1.5-7b-hf``. A second call
+    with the same arguments finds the stamp file and returns at once. ``out_dir`` must be new, empty or an earlier
+    build (:class:`ConfigError` otherwise, as for sizes that make no model; nothing is written then).
+    """
+    out_dir = Path(out_dir)
+    check_sizes(
+        seed=seed, hidden_size=hidden_size, vocab_size=vocab_size, image_size=image_size, patch_size=patch_size
+    )
+    params = _build_params(seed, image_size, patch_size, hidden_size, vocab_size)
+    # transformers 4.x and 5.x name the CLIP tower's weights differently: a build of one loads badly in the other
+    params["transformers_major"] = transformers_major()
+    if _already_built(out_dir, params, "LLaVA"):
+        return out_dir
+
+    from transformers import LlavaForConditionalGeneration
+
+    tokenizer = build_tiny_tokenizer(vocab_size=vocab_size)
+    config = _llava_config(tokenizer, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size)
+    model = _random_model(
+        LlavaForConditionalGeneration,
+        config,
+        seed,
+        bos=tokenizer.bos_token_id,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id,
+    )
+    processor = _llava_processor(tokenizer, image_size=image_size, patch_size=patch_size)
+    n_image_tokens = config.image_seq_length
     n_params = _save_build(out_dir, model, processor, tokenizer, params, n_image_tokens)
     logger.info("built tiny LLaVA (%d parameters, %d image tokens) in %s", n_params, n_image_tokens, out_dir)
     return out_dir
@@ -443,37 +465,22 @@ def _qwen2_vl_config_for_4x(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build_tiny_qwen2_vl(
-    out_dir: str | os.PathLike, *, seed: int = 0, hidden_size: int = 64, vocab_size: int = 512
-) -> Path:
-    """Write a tiny random ``Qwen2VLForConditionalGeneration`` with its tokenizer and real processor to ``out_dir``.
-
-    The tokenizer is trained on the spot (``<|im_start|>``, ``<|im_end|>``, ``<|vision_start|>``, ... are
-    special tokens; ``<|endoftext|>`` pads); images are resized by ``Qwen2VLImageProcessor`` between
-    ``QWEN_IMAGE_MIN_PIXELS`` and ``QWEN_IMAGE_MAX_PIXELS``. A second call with the same arguments returns at once.
-    """
-    out_dir = Path(out_dir)
-    check_sizes(seed=seed, hidden_size=hidden_size, vocab_size=vocab_size)
-    params = {
-        **_build_params(seed, 0, PATCH_SIZE, hidden_size, vocab_size),
-        "family": "qwen2_vl",
-        "pixels": [QWEN_IMAGE_MIN_PIXELS, QWEN_IMAGE_MAX_PIXELS],
-    }
-    if _is_built(out_dir, params):
-        logger.info("tiny Qwen2-VL already built in %s", out_dir)
-        return out_dir
-    _check_out_dir(out_dir)
-
-    import torch
-    from transformers import GenerationConfig, Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
+def _qwen2_vl_tokenizer(vocab_size: int) -> Any:
+    """The tiny tokenizer with Qwen's special tokens: ``<|endoftext|>`` pads, ``<|im_end|>`` closes a turn, and the
+    chat template is left to LLaMA-Factory's ``qwen2_vl`` template."""
     tokenizer = as_qwen2_tokenizer(build_tiny_tokenizer(QWEN_SPECIAL_TOKENS, vocab_size=vocab_size))
     tokenizer.pad_token = "<|endoftext|>"
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.chat_template = None
+    return tokenizer
+
+
+def _qwen2_vl_config(tokenizer: Any, *, hidden_size: int) -> Any:
+    """Qwen2 text model (two layers, 3-D rotary positions) and a one-block vision tower merging 2 x 2 patches."""
+    from transformers import Qwen2VLConfig
+
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
-    n_heads = N_HEADS
-    head_dim = hidden_size // n_heads
+    head_dim = hidden_size // N_HEADS
     third = head_dim // 2 // 3
     mrope_section = [head_dim // 2 - 2 * third, third, third]  # sums to head_dim / 2
     text_config = {
@@ -481,7 +488,7 @@ def build_tiny_qwen2_vl(
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": 2,
-        "num_attention_heads": n_heads,
+        "num_attention_heads": N_HEADS,
         "num_key_value_heads": 2,
         "max_position_embeddings": 4096,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
@@ -500,7 +507,7 @@ def build_tiny_qwen2_vl(
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    config = Qwen2VLConfig(
+    return Qwen2VLConfig(
         text_config=text_config,
         vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
@@ -513,17 +520,41 @@ def build_tiny_qwen2_vl(
             for key in ("vocab_size", "hidden_size", "bos_token_id", "eos_token_id", "pad_token_id")
         },
     )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        do_sample=False,
-        max_new_tokens=32,
+
+
+def build_tiny_qwen2_vl(
+    out_dir: str | os.PathLike, *, seed: int = 0, hidden_size: int = 64, vocab_size: int = 512
+) -> Path:
+    """Write a tiny random ``Qwen2VLForConditionalGeneration`` with its tokenizer and real processor to ``out_dir``.
+
+    The tokenizer is trained on the spot (``<|im_start|>``, ``<|im_end|>``, ``<|vision_start|>``, ... are
+    special tokens; ``<|endoftext|>`` pads); images are resized by ``Qwen2VLImageProcessor`` between
+    ``QWEN_IMAGE_MIN_PIXELS`` and ``QWEN_IMAGE_MAX_PIXELS``. A second call with the same arguments returns at once.
+    """
+    out_dir = Path(out_dir)
+    check_sizes(seed=seed, hidden_size=hidden_size, vocab_size=vocab_size)
+    params = {
+        **_build_params(seed, 0, PATCH_SIZE, hidden_size, vocab_size),
+        "family": "qwen2_vl",
+        "pixels": [QWEN_IMAGE_MIN_PIXELS, QWEN_IMAGE_MAX_PIXELS],
+    }
+    if _already_built(out_dir, params, "Qwen2-VL"):
+        return out_dir
+
+    from transformers import Qwen2VLForConditionalGeneration
+
+    tokenizer = _qwen2_vl_tokenizer(vocab_size)
+    config = _qwen2_vl_config(tokenizer, hidden_size=hidden_size)
+    text = config.text_config
+    model = _random_model(
+        Qwen2VLForConditionalGeneration,
+        config,
+        seed,
+        bos=text.bos_token_id,
+        eos=text.eos_token_id,
+        pad=text.pad_token_id,
     )
     processor = build_qwen2_vl_processor(tokenizer)
-
     n_params = _save_build(
         out_dir, model, processor, tokenizer, params, "4 to 16 (by image size)", fix_config=_qwen2_vl_config_for_4x
     )
