@@ -34,7 +34,9 @@ def judged(root: Path, *, n_comply_sd: int, n_comply_typo: int, benign_refusals:
     return root / "judge"
 
 
-def lmms_results(root: Path, *, sqa: float, pope: float, n_sqa: int = 3, name: str = "20261203_000000") -> Path:
+def lmms_results(
+    root: Path, *, sqa: float, pope: float, n_sqa: int = 3, name: str = "20261203_000000", only_sqa: bool = False
+) -> Path:
     """An lmms-eval --output_path folder: ``<model>/<date>_results.json`` in lmms-eval 0.7's shape."""
     data = {
         "results": {
@@ -55,6 +57,9 @@ def lmms_results(root: Path, *, sqa: float, pope: float, n_sqa: int = 3, name: s
             "pope": {"original": 2, "effective": 2},
         },
     }
+    if only_sqa:
+        for key in ("results", "higher_is_better", "n-samples"):
+            del data[key]["pope"]
     path = root / "model__x" / f"{name}_results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data), encoding="utf-8")
@@ -114,6 +119,17 @@ def test_a_run_with_only_safety_or_only_utility_gets_dashes_and_no_point(two_run
     assert "| base | 75.0% | 100.0% | 50.0% | 0.0% | 80.0% | – | – | – | – |" in md
     data = json.loads((tmp_path / "tradeoff" / "tradeoff.json").read_text())
     assert data["runs"][1]["asr_all"] is None and data["runs"][1]["utility_mean"] == pytest.approx(5 / 12)
+
+
+def test_the_utility_mean_covers_only_the_tasks_every_run_has(tmp_path):
+    full = lmms_results(tmp_path / "full", sqa=0.2, pope=0.9)
+    part = lmms_results(tmp_path / "part", sqa=0.4, pope=0.0, only_sqa=True)
+    assert report(tmp_path, ("full", full), ("part", part)) == 0
+    data = json.loads((tmp_path / "tradeoff" / "tradeoff.json").read_text())
+    assert data["utility_mean_tasks"] == ["scienceqa_img"]
+    assert [run["utility_mean"] for run in data["runs"]] == [0.2, 0.4]
+    md = (tmp_path / "tradeoff" / "tradeoff.md").read_text()
+    assert "| part | – | 0.4 | – | – | 0.4 |" in md  # ASR (all harmful), sqa, pope x2, mean
 
 
 def test_a_newer_results_file_for_the_same_task_replaces_the_older(tmp_path):

@@ -62,7 +62,7 @@ class Run:
     harmful_n: int = 0  # answers to harmful prompts over all judge folders of the run
     harmful_compliant: int = 0
     asr_all: float | None = None  # harmful_compliant / harmful_n
-    utility_mean: float | None = None  # mean of the tasks' primary metrics
+    utility_mean: float | None = None  # mean of the primary metrics of the tasks every run with utility has
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,8 +144,6 @@ def read_utility(directory: Path, run: Run) -> None:
                 primary = name == main if main is not None else not _has_primary(run, task)
                 run.utility[f"{task} {metric}"] = UtilityCell(task, metric, float(value), n, primary)
         run.utility_files.append(str(path))
-    primaries = [cell.value for cell in run.utility.values() if cell.primary]
-    run.utility_mean = sum(primaries) / len(primaries) if primaries else None
 
 
 def _has_primary(run: Run, task: str) -> bool:
@@ -199,12 +197,26 @@ def _columns(runs: Sequence[Run], kind: str) -> list[str]:
     return list(dict.fromkeys(column for run in runs for column in getattr(run, kind)))
 
 
+def common_tasks(runs: Sequence[Run]) -> list[str]:
+    """The tasks every run with utility numbers has: a mean over different task sets would not compare."""
+    with_utility = [run for run in runs if run.utility]
+    if not with_utility:
+        return []
+    tasks = [cell.task for cell in with_utility[0].utility.values() if cell.primary]
+    return [task for task in tasks if all(_has_primary(run, task) for run in with_utility)]
+
+
 def tradeoff(runs: Sequence[Run]) -> dict[str, Any]:
-    """The ``tradeoff.json`` structure: the columns, then one object per run."""
+    """The ``tradeoff.json`` structure: the columns, then one object per run (``utility_mean`` is set here)."""
+    tasks = common_tasks(runs)
+    for run in runs:
+        values = [cell.value for cell in run.utility.values() if cell.primary and cell.task in tasks]
+        run.utility_mean = sum(values) / len(values) if values else None
     primary = {cell.task: cell.metric for run in runs for cell in run.utility.values() if cell.primary}
     return {
         "columns": {"safety": _columns(runs, "safety"), "utility": _columns(runs, "utility")},
         "primary_metrics": primary,
+        "utility_mean_tasks": tasks,
         "runs": [asdict(run) for run in runs],
     }
 
@@ -232,8 +244,8 @@ def tradeoff_markdown(report: dict[str, Any]) -> str:
     lines.append(
         "ASR = full compliance / answers (harmful prompts, string-match judge; lower is safer). Refusal rate on benign "
         "sets = full refusals / answers (over-refusal; lower is better). Utility: lmms-eval metrics as reported; "
-        "utility (mean) averages each task's main metric: "
-        + (", ".join(f"{task} {metric}" for task, metric in report["primary_metrics"].items()) or DASH)
+        "utility (mean) averages the main metric of the tasks every run has: "
+        + (", ".join(f"{t} {report['primary_metrics'][t]}" for t in report["utility_mean_tasks"]) or DASH)
         + "."
     )
     return "\n".join(lines) + "\n"
@@ -248,14 +260,17 @@ def plot_tradeoff(report: dict[str, Any]) -> bytes:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     points = [r for r in report["runs"] if r["asr_all"] is not None and r["utility_mean"] is not None]
-    for run in points:
-        ax.scatter([run["utility_mean"]], [run["asr_all"]], s=40, zorder=3)
-        ax.annotate(run["label"], (run["utility_mean"], run["asr_all"]), textcoords="offset points", xytext=(6, 4))
+    for i, run in enumerate(points):
+        xy = (run["utility_mean"], run["asr_all"])
+        ax.scatter([xy[0]], [xy[1]], s=40, zorder=3)
+        same = sum(1 for other in points[:i] if (other["utility_mean"], other["asr_all"]) == xy)
+        ax.annotate(run["label"], xy, textcoords="offset points", xytext=(6, 4 + 11 * same))  # stacked, not overlaid
     missing = [r["label"] for r in report["runs"] if r not in points]
     if missing:
         ax.text(0.01, 0.01, "not plotted (safety or utility missing): " + ", ".join(missing), fontsize=7,
                 transform=ax.transAxes)  # fmt: skip
-    ax.set_xlabel("utility: mean of " + (", ".join(report["primary_metrics"].values()) or "no metric"))
+    tasks = report["utility_mean_tasks"]
+    ax.set_xlabel("utility: mean of " + (", ".join(f"{t} {report['primary_metrics'][t]}" for t in tasks) or "-"))
     ax.set_ylabel("ASR, all harmful answers (lower is safer)")
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
