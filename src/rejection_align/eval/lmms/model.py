@@ -59,8 +59,9 @@ class LlamaFactoryLMM(lmms):
 
     ``model_args``: ``infer_yaml`` (an inference YAML as ``llamafactory-cli chat`` takes it), and any of
     ``model_name_or_path``, ``adapter_name_or_path``, ``template``, ``infer_dtype``, ``image_max_pixels`` (these
-    override the YAML), ``system`` (replaces the template's default system prompt; text, or a file holding it), ``max_new_tokens`` (used where
-    the task's ``generation_kwargs`` set none). ``batch_size`` and ``device`` come from lmms-eval's own flags.
+    override the YAML), ``system`` (replaces the template's default system prompt; text, or a file holding it),
+    ``max_new_tokens`` (used where the task's ``generation_kwargs`` set none). ``batch_size`` and ``device`` come
+    from lmms-eval's own flags. One process: the model spreads over the visible GPUs by ``device_map=auto``.
     """
 
     def __init__(
