@@ -19,7 +19,7 @@ from lmms_eval.api.model import lmms
 
 from ...errors import ConfigError, DataError
 from ..backends import HFGenerator, infer_arguments
-from ..prompts import IMAGE_PLACEHOLDER, EncodedPrompt
+from ..prompts import IMAGE_PLACEHOLDER, EncodedPrompt, image_placeholder
 
 
 logger = logging.getLogger(__name__)
@@ -39,11 +39,11 @@ def _as_batch_size(value: Any) -> int:
     return size
 
 
-def user_turn(context: str, n_images: int) -> str:
+def user_turn(context: str, n_images: int, placeholder: str = IMAGE_PLACEHOLDER) -> str:
     """The user turn of a doc: one placeholder per image, a newline, the task's text (unless it places them itself)."""
-    if IMAGE_PLACEHOLDER in context or not n_images:
+    if placeholder in context or not n_images:
         return context
-    return IMAGE_PLACEHOLDER * n_images + "\n" + context
+    return placeholder * n_images + "\n" + context
 
 
 def cut_at_stop_strings(text: str, until: Sequence[str]) -> str:
@@ -98,6 +98,7 @@ class LlamaFactoryLMM(lmms):
         self.generator = HFGenerator(args, device=device, system=system)
         self.batch_size_per_gpu = _as_batch_size(batch_size)
         self.max_new_tokens = int(max_new_tokens)
+        self.placeholder = image_placeholder()  # LLaMA-Factory's, which its environment can change
 
     @property
     def batch_size(self) -> int:
@@ -110,7 +111,7 @@ class LlamaFactoryLMM(lmms):
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
         images = _images_of(visuals, task, doc_id)
         return self.generator.encoder.encode_content(
-            user_turn(str(context), len(images)), images, what=f"task {task}, doc {doc_id}"
+            user_turn(str(context), len(images), self.placeholder), images, what=f"task {task}, doc {doc_id}"
         )
 
     def generate_until(self, requests: list[Any]) -> list[str]:
