@@ -149,11 +149,10 @@ def qwen_adapter(tiny_qwen, tmp_path_factory) -> Path:
 class LmmsRun:
     """One ``lmms-eval`` run's outputs: the results JSON and the logged samples per task."""
 
-    def __init__(self, out: Path, process: subprocess.CompletedProcess):
-        self.out, self.process = out, process
+    def __init__(self, out: Path, returncode: int, log: str):
+        self.out = out
         found = sorted(out.rglob("*_results.json"))  # under a model-named folder, or directly (infer_yaml only)
-        log = f"\n--- stdout\n{process.stdout[-3000:]}\n--- stderr\n{process.stderr[-6000:]}"
-        assert len(found) == 1, f"lmms-eval wrote {len(found)} results files (exit {process.returncode}){log}"
+        assert len(found) == 1, f"lmms-eval wrote {len(found)} results files (exit {returncode})\n{log[-8000:]}"
         self.results = json.loads(found[0].read_text(encoding="utf-8"))
         self.samples = {}
         for path in out.rglob("*_samples_*.jsonl"):
@@ -165,8 +164,8 @@ class LmmsRun:
         return [sample["filtered_resps"] for sample in self.samples[task]]
 
 
-def run_lmms_eval(out: Path, tasks_dir: Path, model_args: str, tasks: str, batch_size: int = 2) -> LmmsRun:
-    """The real ``lmms-eval`` CLI of this environment, offline, on CPU; nothing but the package's entry point."""
+def start_lmms_eval(out: Path, tasks_dir: Path, model_args: str, tasks: str) -> subprocess.Popen:
+    """The real ``lmms-eval`` CLI of this environment, offline, on CPU, one torch thread; batch size 2."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -175,38 +174,61 @@ def run_lmms_eval(out: Path, tasks_dir: Path, model_args: str, tasks: str, batch
         "HF_HOME": str(out / "hf_home"),
         "CUDA_VISIBLE_DEVICES": "",
         "DISABLE_VERSION_CHECK": "1",
+        "OMP_NUM_THREADS": "1",  # the runs go side by side
     }
     command = [
         str(VENV_BIN / "lmms-eval"), "--model", "llamafactory", "--model_args", model_args, "--tasks", tasks,
-        "--include_path", str(tasks_dir), "--batch_size", str(batch_size), "--output_path", str(out / "results"),
-        "--log_samples",
+        "--include_path", str(tasks_dir), "--batch_size", "2", "--output_path", str(out / "results"), "--log_samples",
     ]  # fmt: skip
-    process = subprocess.run(command, env=env, cwd=out, capture_output=True, text=True, timeout=900)
-    return LmmsRun(out / "results", process)
+    with open(out / "lmms-eval.log", "w", encoding="utf-8") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(command, env=env, cwd=out, stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
-def llava_base_run(tiny_llava_dir, local_tasks, tmp_path_factory) -> LmmsRun:
-    args = f"model_name_or_path={tiny_llava_dir},template=llava,max_new_tokens=2"
-    return run_lmms_eval(tmp_path_factory.mktemp("lmms_llava_base"), local_tasks, args, "sqa_local")
-
-
-@pytest.fixture(scope="module")
-def llava_lora_run(tiny_llava_dir, llava_adapter, local_tasks, tmp_path_factory) -> LmmsRun:
-    args = f"model_name_or_path={tiny_llava_dir},adapter_name_or_path={llava_adapter},template=llava,max_new_tokens=2"
-    return run_lmms_eval(tmp_path_factory.mktemp("lmms_llava_lora"), local_tasks, args, "sqa_local,pope_local")
-
-
-@pytest.fixture(scope="module")
-def qwen_lora_run(tiny_qwen, qwen_adapter, local_tasks, tmp_path_factory) -> LmmsRun:
-    """Through an inference YAML, as users run it; the two-image task too."""
+def lmms_runs(tiny_llava_dir, llava_adapter, tiny_qwen, qwen_adapter, local_tasks, tmp_path_factory) -> dict:
+    """The three runs, started together (most of a run is lmms-eval's start-up): LLaVA without and with an adapter,
+    Qwen2-VL with an adapter through an inference YAML, as users run it, with the two-image task too."""
     import yaml
 
-    out = tmp_path_factory.mktemp("lmms_qwen_lora")
+    qwen_out = tmp_path_factory.mktemp("lmms_qwen_lora")
     infer = {"model_name_or_path": str(tiny_qwen), "adapter_name_or_path": str(qwen_adapter), "template": "qwen2_vl"}
-    (out / "infer.yaml").write_text(yaml.safe_dump(infer), encoding="utf-8")
-    args = f"infer_yaml={out / 'infer.yaml'},max_new_tokens=2"
-    return run_lmms_eval(out, local_tasks, args, "sqa_local,pope_local,sqa_two_images")
+    (qwen_out / "infer.yaml").write_text(yaml.safe_dump(infer), encoding="utf-8")
+    llava = f"model_name_or_path={tiny_llava_dir},template=llava,max_new_tokens=2"
+    specs = {
+        "llava_base": (tmp_path_factory.mktemp("lmms_llava_base"), llava, "sqa_local"),
+        "llava_lora": (tmp_path_factory.mktemp("lmms_llava_lora"), f"{llava},adapter_name_or_path={llava_adapter}",
+                       "sqa_local,pope_local"),
+        "qwen_lora": (qwen_out, f"infer_yaml={qwen_out / 'infer.yaml'},max_new_tokens=2",
+                      "sqa_local,pope_local,sqa_two_images"),
+    }  # fmt: skip
+    processes = {name: start_lmms_eval(out, local_tasks, args, tasks) for name, (out, args, tasks) in specs.items()}
+    runs = {}
+    try:
+        for name, process in processes.items():
+            returncode = process.wait(timeout=1200)
+            out = specs[name][0]
+            runs[name] = LmmsRun(out / "results", returncode, (out / "lmms-eval.log").read_text(encoding="utf-8"))
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return runs
+
+
+@pytest.fixture(scope="module")
+def llava_base_run(lmms_runs) -> LmmsRun:
+    return lmms_runs["llava_base"]
+
+
+@pytest.fixture(scope="module")
+def llava_lora_run(lmms_runs) -> LmmsRun:
+    return lmms_runs["llava_lora"]
+
+
+@pytest.fixture(scope="module")
+def qwen_lora_run(lmms_runs) -> LmmsRun:
+    return lmms_runs["qwen_lora"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
