@@ -4,8 +4,8 @@ Each ``--run LABEL DIR [DIR ...]`` is one model (base, method, baseline twin, ..
 folder (its ``summary.json``: safety) or an lmms-eval ``--output_path`` folder (its ``*_results.json``, found at
 any depth: utility). One row per run: ASR per MM-SafetyBench mode or benchmark, the refusal rate on benign sets,
 each utility metric. The plot puts one point per run: the ASR over all harmful answers against the mean of the
-tasks' main utility metrics (each task's first metric in lmms-eval's ``higher_is_better``). Runs that answered a
-different number of prompts for the same column are refused: their numbers would not compare.
+main metrics (each task's first in lmms-eval's ``higher_is_better``) of the tasks every run has. Runs that answered
+a different number of prompts for the same column are refused: their numbers would not compare.
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         action="append",
         required=True,
-        metavar="LABEL DIR",
+        metavar=("LABEL", "DIR"),
         help="one run: a label, then its judge --out folder and/or its lmms-eval --output_path folder; repeat "
         "--run for each model (base, method, baseline)",
     )
