@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "register": "rejection_align.data.registry",
     "stats": "rejection_align.data.stats",
     "generate": "rejection_align.eval.generate",
+    "report": "rejection_align.eval.tradeoff",
     "judge": "rejection_align.eval.judge",
     "tiny-model": "rejection_align.demo.tiny",
     "demo": "rejection_align.demo.pipeline",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError, DataError
 from .adapters import check_adapter_base, check_adapter_files, load_adapter, read_adapter_config, unmatched_weights
-from .prompts import HF_CHAT, PromptEncoder, user_content
+from .prompts import HF_CHAT, EncodedPrompt, PromptEncoder, user_content
 
 
 if TYPE_CHECKING:
@@ -479,11 +479,39 @@ class HFGenerator:
         do_sample: bool | None = None,
     ) -> list[Answer]:
         """Answers for ``items``, in order. Items with and without images may share a batch."""
-        import torch
-
         if not items:
             return []
         encoded = [self.encoder.encode(item, load_image(item.image) if item.image else None) for item in items]
+        texts = self.generate_encoded(
+            encoded,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            do_sample=do_sample,
+        )
+        return [Answer(text.strip(), prompt.rendered_prompt) for text, prompt in zip(texts, encoded, strict=True)]
+
+    def generate_encoded(
+        self,
+        encoded: Sequence[EncodedPrompt],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        do_sample: bool | None = None,
+    ) -> list[str]:
+        """Decoded answers (not stripped) for prompts already encoded by ``self.encoder``, as one batch, in order.
+
+        The one generation path: ``generate`` and the lmms-eval model (``eval/lmms``) both end here.
+        """
+        import torch
+
+        if not encoded:
+            return []
         pad_id = self.tokenizer.pad_token_id
         length = max(len(prompt.input_ids) for prompt in encoded)
         # Left padding: every row's last prompt token sits at the same position, so generated tokens line up and
@@ -501,8 +529,7 @@ class HFGenerator:
                 pad_token_id=pad_id,
                 **sampling,
             )
-        texts = self.tokenizer.batch_decode(output[:, length:], skip_special_tokens=True)
-        return [Answer(text.strip(), prompt.rendered_prompt) for text, prompt in zip(texts, encoded, strict=True)]
+        return self.tokenizer.batch_decode(output[:, length:], skip_special_tokens=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

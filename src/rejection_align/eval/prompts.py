@@ -72,8 +72,8 @@ class PromptEncoder:
         self._collapsed.expand_mm_tokens = False
         self._placeholder = image_placeholder()
 
-    def _ids(self, plugin: Any, item: Item, images: list[Any]) -> list[int]:
-        messages = [{"role": "user", "content": user_content(item, self._placeholder)}]
+    def _ids(self, plugin: Any, content: str, images: list[Any]) -> list[int]:
+        messages = [{"role": "user", "content": content}]
         messages = plugin.process_messages(messages, images, [], [], self.processor)
         paired = messages + [{"role": "assistant", "content": ""}]
         prompt_ids, _ = self.template.encode_oneturn(self.tokenizer, paired, self.system, None)
@@ -83,11 +83,23 @@ class PromptEncoder:
     def encode(self, item: Item, image: Any = None) -> EncodedPrompt:
         """Prompt ids for ``item``; ``image`` is the loaded image (default: the item's path, read by the plugin)."""
         images = [] if not item.image else [image if image is not None else item.image]
+        return self.encode_content(
+            user_content(item, self._placeholder), images, what=f"item {item.id!r} ({item.scenario})"
+        )
+
+    def encode_content(self, content: str, images: list[Any], *, what: str = "prompt") -> EncodedPrompt:
+        """Prompt ids for one user turn ``content`` holding one ``<image>`` placeholder per entry of ``images``.
+
+        The entry point for prompts that are not benchmark items (lmms-eval tasks: several images per doc);
+        ``what`` names the prompt in errors.
+        """
         try:
-            input_ids = self._ids(self._plugin, item, images)
-            collapsed = input_ids if not images and self.expand_mm_tokens else self._ids(self._collapsed, item, images)
+            input_ids = self._ids(self._plugin, content, images)
+            collapsed = (
+                input_ids if not images and self.expand_mm_tokens else self._ids(self._collapsed, content, images)
+            )
         except ValueError as err:  # the plugin's own checks (placeholders vs. images, missing processor)
-            raise DataError(f"item {item.id!r} ({item.scenario}): {err}") from None
+            raise DataError(f"{what}: {err}") from None
         rendered = self.tokenizer.decode(collapsed, skip_special_tokens=False, clean_up_tokenization_spaces=False)
         return EncodedPrompt(input_ids, rendered, images)
 
