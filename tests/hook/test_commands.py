@@ -17,7 +17,7 @@ import yaml
 from conftest import SENTENCE, run_llamafactory_cli
 from rejection_align.errors import ConfigError
 from rejection_align.hook import patches
-from rejection_align.hook.processor import SETTINGS_ATTR
+from rejection_align.hook.settings import settings_of
 
 
 # the training YAML's own section (configs/*_rejection.yaml)
@@ -61,7 +61,7 @@ def test_get_infer_args_accepts_the_training_yaml_keys_and_leaves_the_dict_intac
     model_args, data_args, _, _ = get_infer_args(args)
 
     assert model_args.model_name_or_path == "unused"
-    assert not hasattr(data_args, SETTINGS_ATTR)  # nothing to tokenize, nothing attached
+    assert settings_of(data_args) is None  # nothing to tokenize, nothing attached
     assert args["rejection_mask_eos"] is True
 
 
@@ -146,7 +146,7 @@ def test_the_argv_form_gives_training_the_whole_sentence(patched):
             "--rejection_mask_eos", "true", "--rejection_sentences", *SENTENCE.split()]  # fmt: skip
     data_args = parser._parse_train_args(argv)[1]
 
-    assert getattr(data_args, SETTINGS_ATTR).sentences == (SENTENCE,)
+    assert settings_of(data_args).sentences == (SENTENCE,)
 
 
 def test_patching_a_parser_module_without_some_entry_points_patches_the_rest():

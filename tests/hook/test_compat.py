@@ -31,8 +31,9 @@ def test_a_changed_signature_is_named_with_what_was_found_and_what_was_expected(
     message = compat.problem("loader")
 
     assert f"llamafactory {version('llamafactory')} is installed" in message
-    assert "processor_utils.infer_seqlen takes (source, target), expected (source_len, target_len, cutoff_len, ...)" in (
-        message
+    assert (
+        "processor_utils.infer_seqlen takes (source, target), expected (source_len, target_len, cutoff_len, ...)"
+        in (message)
     )
 
 

@@ -2,7 +2,10 @@
 
 They subclass LLaMA-Factory's own processors and override only ``_encode_data_example``: the stock method
 encodes the example, and we untrain the closing tokens of the answers that match a rejection sentence. With the
-method off they are the stock classes, token for token.
+method off LLaMA-Factory's own classes are used (the loader patch picks ours only when the method is on).
+
+Nothing happens at import: ``patches`` imports this module on the first call of LLaMA-Factory's processor factory
+with the method on (:func:`rejection_processor`), when LLaMA-Factory's data modules are already loaded.
 """
 
 import copy
@@ -16,8 +19,10 @@ from llamafactory.data.processor.processor_utils import infer_seqlen
 from llamafactory.data.processor.supervised import PackedSupervisedDatasetProcessor, SupervisedDatasetProcessor
 from llamafactory.data.template import ReasoningTemplate
 
+from ..errors import ConfigError
+from .counters import POSITIONS_COLUMN, STATS_COLUMN, STATS_FIELDS
 from .masking import apply_closings, closing_positions, layout_turns, purely_closing_len
-from .settings import RejectionSettings
+from .settings import settings_of
 
 
 if TYPE_CHECKING:
@@ -28,20 +33,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SETTINGS_ATTR = "rejection_align"  # attribute of LLaMA-Factory's DataArguments that carries RejectionSettings
-STATS_COLUMN = "_rejection_align_stats"  # per-row counters, summed and removed again by the loader patch
-POSITIONS_COLUMN = "_rejection_align_positions"  # per-row positions the method changed, for the printed example
-OUR_COLUMNS = (STATS_COLUMN, POSITIONS_COLUMN)
-STATS_FIELDS = ("examples", "rejection_examples", "turns", "rejection_turns", "closed_turns", "truncated_turns",
-                "tokens_changed", "merged_turns")  # fmt: skip
 OUTPUT_VERSION = 2  # bump when the columns or the treated positions change
 _SENTINEL = "\u0000rejection-align\u0000"
 _NO_TURNS: frozenset[int] = frozenset()
-
-
-def settings_of(data_args: Any) -> RejectionSettings | None:
-    settings = getattr(data_args, SETTINGS_ATTR, None)
-    return settings if isinstance(settings, RejectionSettings) and settings.mask_eos else None
 
 
 def closing_suffix_ids(template: "Template", tokenizer: "PreTrainedTokenizer") -> list[int]:
@@ -80,7 +74,7 @@ class _RecordedEncoder:
 
 @dataclass
 class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
-    """``SupervisedDatasetProcessor`` that untrains the closing tokens of rejection answers (DESIGN.md §1)."""
+    """``SupervisedDatasetProcessor`` that untrains the closing tokens of rejection answers (docs/architecture.md)."""
 
     def __post_init__(self) -> None:
         self._settings = settings_of(self.data_args)
@@ -307,11 +301,23 @@ class RejectionPackedSupervisedDatasetProcessor(RejectionSupervisedDatasetProces
         return rows if len(rows) == n_rows else [[] for _ in range(n_rows)]
 
 
-def _finish_deferred_patch() -> None:
-    """Importing this module imports LLaMA-Factory's loader, whose start-up patch needs the classes above."""
-    from . import patches
+# LLaMA-Factory's choice -> ours; a subclass of a stock class (another plugin's) is not ours to replace
+_OURS = {
+    SupervisedDatasetProcessor: RejectionSupervisedDatasetProcessor,
+    PackedSupervisedDatasetProcessor: RejectionPackedSupervisedDatasetProcessor,
+}
 
-    patches.patch_pending()
 
+def rejection_processor(chosen: Any) -> RejectionSupervisedDatasetProcessor:
+    """Our counterpart of the supervised processor LLaMA-Factory's factory chose, built from the same fields."""
+    ours = _OURS.get(type(chosen))
+    if ours is None:
+        raise ConfigError(
+            f"rejection_mask_eos is set, but LLaMA-Factory chose {type(chosen).__module__}.{type(chosen).__name__} "
+            "to tokenize this sft dataset, not its SupervisedDatasetProcessor or PackedSupervisedDatasetProcessor; "
+            "another plugin replaced it, so the rejection-align processor cannot take its place"
+        )
 
-_finish_deferred_patch()
+    return ours(
+        template=chosen.template, tokenizer=chosen.tokenizer, processor=chosen.processor, data_args=chosen.data_args
+    )

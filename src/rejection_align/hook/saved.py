@@ -18,13 +18,11 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..files import atomic_write_json
-from .processor import settings_of
-from .settings import RejectionSettings
+from .settings import RejectionSettings, settings_of
+from .targets import LOADER_MODULE
 
 
 RECORD_NAME = "rejection_align.json"
-LOADER_MODULE = "llamafactory.data.loader"
-_MARK = "__rejection_align__"
 
 
 def effective_settings(data_args: Any, stage: str) -> RejectionSettings | None:
@@ -102,5 +100,4 @@ def wrap_get_dataset(original: Any) -> Any:
             write_record(path, current)
         return result
 
-    setattr(get_dataset, _MARK, True)
     return get_dataset
