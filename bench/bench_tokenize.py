@@ -44,13 +44,14 @@ def make_processor(template_name: str, ours: bool, settings):
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     from rejection_align.demo.tiny import build_tiny_tokenizer
-    from rejection_align.hook.processor import SETTINGS_ATTR, RejectionSupervisedDatasetProcessor
+    from rejection_align.hook.processor import RejectionSupervisedDatasetProcessor
+    from rejection_align.hook.settings import attach
 
     tokenizer = copy.deepcopy(build_tiny_tokenizer(("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>")))
     data_args = DataArguments(template=template_name, cutoff_len=1024)
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     if ours:
-        setattr(data_args, SETTINGS_ATTR, settings)
+        attach(data_args, settings)
     mm = LlavaProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer, patch_size=14,
                         vision_feature_select_strategy="default")  # fmt: skip
     cls = RejectionSupervisedDatasetProcessor if ours else SupervisedDatasetProcessor
