@@ -6,6 +6,7 @@ counters in :data:`STATS_COLUMN` (and the positions it changed, for the printed 
 sees the dataset.
 """
 
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 
@@ -26,8 +27,10 @@ class Counters(NamedTuple):
     tokens_changed: int = 0
     merged_turns: int = 0  # closing text merged with the answer's last characters into one token
 
-    def __add__(self, other: "Counters") -> "Counters":  # type: ignore[override]  (a sum, not a tuple concatenation)
-        return Counters(*(a + b for a, b in zip(self, other)))
+    @classmethod
+    def total(cls, rows: Iterable[Sequence[int]]) -> "Counters":
+        """Field-by-field sum of counter rows (all zeros for none)."""
+        return cls(*map(sum, zip(*rows)))
 
 
 STATS_FIELDS = Counters._fields

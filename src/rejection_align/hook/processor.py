@@ -10,6 +10,7 @@ with the method on (:func:`rejection_processor`), when LLaMA-Factory's data modu
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from llamafactory.data.processor.supervised import PackedSupervisedDatasetProces
 from llamafactory.data.template import ReasoningTemplate
 
 from ..errors import ConfigError
-from .counters import POSITIONS_COLUMN, STATS_COLUMN, STATS_FIELDS
+from .counters import NO_COUNTS, POSITIONS_COLUMN, STATS_COLUMN, Counters
 from .masking import apply_closings, closing_positions, layout_turns, purely_closing_len
 from .settings import settings_of
 
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 OUTPUT_VERSION = 2  # bump when the columns or the treated positions change
 _SENTINEL = "\u0000rejection-align\u0000"
 _NO_TURNS: frozenset[int] = frozenset()
+_NO_POSITIONS: tuple[int, ...] = ()
 
 
 def closing_suffix_ids(template: "Template", tokenizer: "PreTrainedTokenizer") -> list[int]:
@@ -78,8 +80,8 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
 
     def __post_init__(self) -> None:
         self._settings = settings_of(self.data_args)
-        self._batch_stats: list[list[int]] | None = None
-        self._batch_positions: list[tuple[int, list[int]]] | None = None
+        self._batch_stats: list[Counters] | None = None
+        self._batch_positions: list[tuple[int, Sequence[int]]] | None = None
         if self._settings is None:
             return
 
@@ -93,6 +95,7 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         self._suffix_ids = [] if self.template.efficient_eos else closing_suffix_ids(self.template, self.tokenizer)
         plugin_method = type(self.template.mm_plugin).process_token_ids
         self._plain_token_ids = plugin_method is BasePlugin.process_token_ids
+        self._removes_thoughts = isinstance(self.template, ReasoningTemplate)
 
     def _trained_text(self, messages: list[dict[str, str]], index: int, discarding_history_cot: bool) -> str:
         """The answer as the template encodes it: reasoning templates remove thought blocks first."""
@@ -107,12 +110,19 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
 
     def _rejection_turns(self, messages: list[dict[str, str]], discarding_history_cot: bool) -> frozenset[int]:
         is_rejection = self._settings.is_rejection
-        turns = [
-            index // 2
-            for index in range(1, len(messages), 2)
-            if messages[index].get("role") == "assistant"
-            and is_rejection(self._trained_text(messages, index, discarding_history_cot))
-        ]
+        if self._removes_thoughts:
+            turns = [
+                index // 2
+                for index in range(1, len(messages), 2)
+                if messages[index].get("role") == "assistant"
+                and is_rejection(self._trained_text(messages, index, discarding_history_cot))
+            ]
+        else:  # the answer is the message's content: no call per message (this runs for every example)
+            turns = [
+                index // 2
+                for index in range(1, len(messages), 2)
+                if messages[index].get("role") == "assistant" and is_rejection(messages[index]["content"])
+            ]
         return frozenset(turns) if turns else _NO_TURNS
 
     def _prefix_len(self, images: list, videos: list, audios: list) -> int:
@@ -141,16 +151,15 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
 
         pairs, discarding_history_cot = self._encoder.take()
         rejection_turns = self._rejection_turns(prompt + response, discarding_history_cot)
-        stats = [1, int(bool(rejection_turns)), len(pairs), len(rejection_turns), 0, 0, 0, 0]
-        changed: list[int] = []
         if rejection_turns:
-            input_ids, labels, changed, stats[4], stats[5], stats[7] = self._untrain_closings(
+            input_ids, labels, changed, counts = self._untrain_closings(
                 input_ids, labels, pairs, rejection_turns, images, videos, audios
             )
-            stats[6] = len(changed)
+        else:
+            changed, counts = _NO_POSITIONS, Counters(examples=1, turns=len(pairs))
 
         if self._batch_stats is not None:
-            self._batch_stats.append(stats)
+            self._batch_stats.append(counts)
             self._batch_positions.append((len(input_ids), changed))
 
         return input_ids, labels
@@ -164,10 +173,10 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         images: list["ImageInput"],
         videos: list["VideoInput"],
         audios: list["AudioInput"],
-    ) -> tuple[list[int], list[int], list[int], int, int, int]:
+    ) -> tuple[list[int], list[int], list[int], Counters]:
         """Find the closing positions of the rejection turns in the stock output and apply the mask mode.
 
-        Returns the new lists, the changed positions, and the numbers of closed, truncated and merged turns.
+        Returns the new lists, the changed positions, and the example's counters.
         """
         efficient_eos = self.template.efficient_eos
         layout = layout_turns(
@@ -183,7 +192,8 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         closings, truncated = closing_positions(layout, closing_lens, efficient_eos)
         self._check_layout(input_ids, labels, layout, closings, pairs)
         input_ids, labels, changed = apply_closings(input_ids, labels, closings, self._settings.mask_mode)
-        return input_ids, labels, changed, len(closings), len(truncated), merged
+        counts = Counters(1, 1, len(pairs), len(rejection_turns), len(closings), len(truncated), len(changed), merged)
+        return input_ids, labels, changed, counts
 
     def _closing_len(self, target: list[int]) -> int:
         """Trailing tokens of an encoded answer that hold only the template's closing text (see masking)."""
@@ -238,28 +248,28 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         model_inputs[POSITIONS_COLUMN] = self._position_rows(positions, model_inputs)
         return model_inputs
 
-    def _stats_rows(self, stats: list[list[int]], n_rows: int) -> list[list[int]]:
+    def _stats_rows(self, stats: list[Counters], n_rows: int) -> list[list[int]]:
         """One counter row per output row; a row is one example here."""
-        return stats
+        return [list(counts) for counts in stats]
 
-    def _position_rows(self, positions: list[tuple[int, list[int]]], model_inputs: dict) -> list[list[int]]:
-        return [changed for _, changed in positions]
+    def _position_rows(self, positions: list[tuple[int, Sequence[int]]], model_inputs: dict) -> list[list[int]]:
+        return [list(changed) for _, changed in positions]
 
     def print_data_example(self, example: dict[str, list[int]]) -> None:
         super().print_data_example(example)
         if self._settings is None or STATS_COLUMN not in example:
             return
 
-        counts = dict(zip(STATS_FIELDS, example[STATS_COLUMN]))
+        counts = Counters(*example[STATS_COLUMN])
         changed = list(example.get(POSITIONS_COLUMN) or [])
         if self._settings.mask_mode == "drop":
-            what = f"{counts['tokens_changed']} closing token(s) removed; their positions before removal: {changed}"
+            what = f"{counts.tokens_changed} closing token(s) removed; their positions before removal: {changed}"
         else:
-            what = f"{counts['tokens_changed']} label(s) changed; untrained closing-token positions: {changed}"
-        merged = f", {counts['merged_turns']} merged with the template's text" if counts["merged_turns"] else ""
+            what = f"{counts.tokens_changed} label(s) changed; untrained closing-token positions: {changed}"
+        merged = f", {counts.merged_turns} merged with the template's text" if counts.merged_turns else ""
         print(
-            f"rejection_align ({self._settings.mask_mode}): {counts['rejection_turns']} rejection answer(s) here, "
-            f"closing token(s) of {counts['closed_turns']} untrained{merged} ({what})"
+            f"rejection_align ({self._settings.mask_mode}): {counts.rejection_turns} rejection answer(s) here, "
+            f"closing token(s) of {counts.closed_turns} untrained{merged} ({what})"
         )
 
 
@@ -269,15 +279,15 @@ class RejectionPackedSupervisedDatasetProcessor(RejectionSupervisedDatasetProces
     ``preprocess_dataset`` wrap the stock packing, which encodes each example with our ``_encode_data_example``.
     """
 
-    def _stats_rows(self, stats: list[list[int]], n_rows: int) -> list[list[int]]:
+    def _stats_rows(self, stats: list[Counters], n_rows: int) -> list[list[int]]:
         """Rows are packs of several examples here: the batch total goes on the first row, zeros on the others."""
         if n_rows == 0:
             return []
 
-        total = [sum(column) for column in zip(*stats)] if stats else [0] * len(STATS_FIELDS)
-        return [total] + [[0] * len(STATS_FIELDS) for _ in range(n_rows - 1)]
+        total = Counters.total(stats)
+        return [list(total)] + [list(NO_COUNTS) for _ in range(n_rows - 1)]
 
-    def _position_rows(self, positions: list[tuple[int, list[int]]], model_inputs: dict) -> list[list[int]]:
+    def _position_rows(self, positions: list[tuple[int, Sequence[int]]], model_inputs: dict) -> list[list[int]]:
         """The changed positions in pack coordinates, found by replaying the stock packing order.
 
         Only the printed example uses them: a pack whose contents do not match the replay gets no positions.
