@@ -150,19 +150,32 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
             return input_ids, labels
 
         pairs, discarding_history_cot = self._encoder.take()
-        rejection_turns = self._rejection_turns(prompt + response, discarding_history_cot)
-        if rejection_turns:
-            input_ids, labels, changed, counts = self._untrain_closings(
-                input_ids, labels, pairs, rejection_turns, images, videos, audios
-            )
-        else:
-            changed, counts = _NO_POSITIONS, Counters(examples=1, turns=len(pairs))
-
+        input_ids, labels, changed, counts = self._apply_method(
+            prompt + response, pairs, discarding_history_cot, input_ids, labels, images, videos, audios
+        )
         if self._batch_stats is not None:
             self._batch_stats.append(counts)
             self._batch_positions.append((len(input_ids), changed))
 
         return input_ids, labels
+
+    def _apply_method(
+        self,
+        messages: list[dict[str, str]],
+        pairs: list[tuple[list[int], list[int]]],
+        discarding_history_cot: bool,
+        input_ids: list[int],
+        labels: list[int],
+        images: list["ImageInput"],
+        videos: list["VideoInput"],
+        audios: list["AudioInput"],
+    ) -> tuple[list[int], list[int], Sequence[int], Counters]:
+        """The method's own work on one stock-encoded example (``bench/bench_tokenize.py`` times it alone)."""
+        rejection_turns = self._rejection_turns(messages, discarding_history_cot)
+        if not rejection_turns:
+            return input_ids, labels, _NO_POSITIONS, Counters(examples=1, turns=len(pairs))
+
+        return self._untrain_closings(input_ids, labels, pairs, rejection_turns, images, videos, audios)
 
     def _untrain_closings(
         self,
