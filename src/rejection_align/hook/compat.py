@@ -20,6 +20,7 @@ from .targets import TEMPLATE_MODULE as TEMPLATE
 
 
 Group = Literal["parser", "loader"]
+TESTED = ("0.9.4", "0.9.5", "0.9.6.dev0")  # LLaMA-Factory releases (and main) the test suite runs against
 
 
 @dataclass(frozen=True)
@@ -149,5 +150,21 @@ def problem(*groups: Group) -> str | None:
 
     return (
         f"llamafactory {found} is installed, and the LLaMA-Factory internals rejection-align relies on differ: "
-        f"{'; '.join(bad)} (known to work: 0.9.4, 0.9.5 and main 0.9.6.dev0)"
+        f"{'; '.join(bad)} (known to work: {', '.join(TESTED)}{_outside_tested(found)})"
     )
+
+
+def _outside_tested(found: str) -> str:
+    """Whether ``found`` is older or newer than every release the hook was tested with (a hint, not a check)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        version = Version(found)
+    except InvalidVersion:
+        return ""
+
+    if version < Version(TESTED[0]):
+        return f"; {found} is older than all of them"
+    if version > Version(TESTED[-1]):
+        return f"; {found} is newer than all of them"
+    return ""
