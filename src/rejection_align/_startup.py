@@ -17,7 +17,7 @@ import sys
 try:
     from rejection_align.hook.targets import DISABLE_ENV, PATCHED_ON_IMPORT
 except Exception:  # a broken installation must not break every program: the finder then never goes in
-    DISABLE_ENV, PATCHED_ON_IMPORT = "REJECTION_ALIGN_DISABLE", frozenset()
+    DISABLE_ENV, PATCHED_ON_IMPORT = None, frozenset()
 
 
 class _PatchOnImport:
@@ -60,6 +60,9 @@ class _PatchOnImport:
 
 
 def is_disabled() -> bool:
+    if DISABLE_ENV is None:  # hook/targets.py could not be imported
+        return True
+
     return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import _startup
 from . import compat, patches
-from .targets import LOADER_MODULE, PARSER_MODULE
+from .targets import DISABLE_ENV, LOADER_MODULE, PARSER_MODULE
 
 
 _GROUPS: dict[compat.Group, str] = {"parser": PARSER_MODULE, "loader": LOADER_MODULE}
@@ -58,7 +58,7 @@ def verdict(info: dict[str, Any]) -> str | None:
     if bad:
         return "; ".join(bad)
     if info["disabled_by_env"]:
-        return f"{_startup.DISABLE_ENV} is set"
+        return f"{DISABLE_ENV} is set"
     if not info["startup_hook_active"]:
         return "the start-up hook is not active (rejection_align.pth is not in this environment's site-packages)"
     if not (info["parser_patched"] and info["loader_patched"]):
