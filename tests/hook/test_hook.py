@@ -152,10 +152,11 @@ def test_a_run_with_the_method_off_never_loads_our_processor_module():
     assert result.stdout.strip().endswith("True False")
 
 
-def imports_of(path: Path) -> set[str]:
-    """The rejection_align modules that ``path`` imports, at its top or inside a function."""
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The modules of ``modules`` that ``path`` imports, at its top or inside a function (``from . import x`` is
+    an import of ``x``, not of the package)."""
     module = "rejection_align." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    package = module.removesuffix(".__init__") if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -165,22 +166,25 @@ def imports_of(path: Path) -> set[str]:
             if node.level:  # relative: from the package, one level up per extra dot
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
-    return {name.removesuffix(".__init__") for name in found if name.startswith("rejection_align")}
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & modules
+            found |= submodules or {base}
+    return found & modules
 
 
 def test_the_hook_and_its_start_up_module_import_each_other_without_a_cycle():
     paths = [PACKAGE / "_startup.py", *sorted((PACKAGE / "hook").glob("*.py"))]
     modules = {"rejection_align." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in paths}
-    graph = {name.removesuffix(".__init__"): imports_of(path) for name, path in modules.items()}
-    graph = {name: {dep for dep in deps if dep in graph and dep != name} for name, deps in graph.items()}
+    modules = {name.removesuffix(".__init__"): path for name, path in modules.items()}
+    graph = {name: imports_of(path, set(modules)) - {name} for name, path in modules.items()}
 
     def cycle_from(name: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
         if name in trail:
             return trail[trail.index(name) :] + (name,)
         return next(filter(None, (cycle_from(dep, (*trail, name)) for dep in sorted(graph[name]))), None)
 
-    assert "rejection_align.hook.patches" in graph["rejection_align._startup"]  # the parser found the lazy import
+    # the parser finds the lazy imports: the start-up hook's of the patches, the package's of its public names
+    assert "rejection_align.hook.patches" in graph["rejection_align._startup"]
+    assert graph["rejection_align.hook"] == {"rejection_align.hook.patches", "rejection_align.hook.command"}
     assert [cycle_from(name, ()) for name in graph] == [None] * len(graph)
 
 

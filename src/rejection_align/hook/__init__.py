@@ -5,14 +5,16 @@ Imported from the start-up path (``targets``), so it loads nothing until a name 
 
 __all__ = ["install", "uninstall", "is_installed", "status"]
 
-# public name -> the module that holds it
-_HOMES = {"install": "patches", "uninstall": "patches", "is_installed": "patches", "status": "command"}
-
 
 def __getattr__(name: str):
-    if name in _HOMES:
-        import importlib
+    if name in ("install", "uninstall", "is_installed"):
+        from . import patches
 
-        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+        return getattr(patches, name)
+
+    if name == "status":
+        from . import command
+
+        return command.status
 
     raise AttributeError(f"module 'rejection_align.hook' has no attribute {name!r}")
