@@ -43,10 +43,10 @@ def make_processor(
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     from rejection_align.hook.processor import (
-        SETTINGS_ATTR,
         RejectionPackedSupervisedDatasetProcessor,
         RejectionSupervisedDatasetProcessor,
     )
+    from rejection_align.hook.settings import attach
 
     tokenizer = copy.deepcopy(_base_tokenizer())
     if added_tokens:
@@ -58,7 +58,7 @@ def make_processor(
     data_args = DataArguments(template=template_name, **{"cutoff_len": 512, **data_kwargs})
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
     if settings is not None:
-        setattr(data_args, SETTINGS_ATTR, settings)
+        attach(data_args, settings)
 
     image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     mm_processor = LlavaProcessor(

@@ -11,8 +11,8 @@ __all__ = ["__version__", "install", "uninstall", "is_installed", "status"]
 
 def __getattr__(name: str):
     if name in ("install", "uninstall", "is_installed", "status"):
-        from .hook import patches
+        from . import hook
 
-        return getattr(patches, name)
+        return getattr(hook, name)
 
     raise AttributeError(f"module 'rejection_align' has no attribute {name!r}")

@@ -5,24 +5,26 @@ Where both are honoured, importing this module and calling :func:`activate` both
 is idempotent, and a ``.start`` file beside the ``.pth`` turns the ``.pth``'s import line off anyway.
 
 It only puts a finder on ``sys.meta_path`` that waits for LLaMA-Factory's loader and argument parser to be
-imported; the real work (``rejection_align.hook.patches``) runs then and only then. It imports nothing, returns at once
-when ``REJECTION_ALIGN_DISABLE`` is set, and never raises: a failing start-up hook would break every program.
+imported; the real work (``rejection_align.hook.patches``) runs then and only then. It imports one module of names
+(``hook/targets.py``, which imports nothing), returns at once when ``REJECTION_ALIGN_DISABLE`` is set, and never
+raises: a failing start-up hook would break every program. See docs/architecture.md, "The start-up hook".
 """
 
 import os
 import sys
 
 
-# the v1 parser (USE_V1=1) is patched only to refuse the rejection_* keys with a clear message
-TARGETS = frozenset(("llamafactory.data.loader", "llamafactory.hparams.parser", "llamafactory.v1.config.arg_parser"))
-DISABLE_ENV = "REJECTION_ALIGN_DISABLE"
+try:
+    from rejection_align.hook.targets import DISABLE_ENV, PATCHED_ON_IMPORT
+except Exception:  # a broken installation must not break every program: the finder then never goes in
+    DISABLE_ENV, PATCHED_ON_IMPORT = None, frozenset()
 
 
 class _PatchOnImport:
     """Meta-path finder: lets the normal finders locate a target module, then patches it once it has run."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in TARGETS:
+        if fullname not in PATCHED_ON_IMPORT:
             return None
 
         for finder in sys.meta_path:
@@ -42,10 +44,10 @@ class _PatchOnImport:
 
         def exec_and_patch(module):
             exec_module(module)
-            try:  # on_module_loaded records its own failures; this guards the import of the hook itself
+            try:  # patch_module records its own failures; this guards the import of the hook itself
                 from rejection_align.hook import patches
 
-                patches.on_module_loaded(module)
+                patches.patch_module(module)
             except Exception:  # never break an import of LLaMA-Factory
                 pass
 
@@ -58,13 +60,21 @@ class _PatchOnImport:
 
 
 def is_disabled() -> bool:
+    if DISABLE_ENV is None:  # hook/targets.py could not be imported
+        return True
+
     return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def is_active() -> bool:
+    """Whether the finder is on ``sys.meta_path`` (compared by name: a reloaded module makes a new class)."""
+    return any(type(finder).__name__ == _PatchOnImport.__name__ for finder in sys.meta_path)
 
 
 def activate() -> None:
     """Put the finder on ``sys.meta_path`` once; a no-op when disabled or already active. Never raises."""
     try:
-        if is_disabled() or any(type(finder).__name__ == "_PatchOnImport" for finder in sys.meta_path):
+        if is_disabled() or is_active():
             return
 
         sys.meta_path.insert(0, _PatchOnImport())

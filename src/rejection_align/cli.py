@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "judge": "rejection_align.eval.judge",
     "tiny-model": "rejection_align.demo.tiny",
     "demo": "rejection_align.demo.pipeline",
-    "hook": "rejection_align.hook.patches",
+    "hook": "rejection_align.hook.command",
 }
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.version import Version
 
 from conftest import SENTENCE, run_llamafactory_cli
 from rejection_align.errors import ConfigError
 from rejection_align.hook import patches
-from rejection_align.hook.processor import SETTINGS_ATTR
+from rejection_align.hook.settings import settings_of
 
 
 # the training YAML's own section (configs/*_rejection.yaml)
@@ -61,7 +62,7 @@ def test_get_infer_args_accepts_the_training_yaml_keys_and_leaves_the_dict_intac
     model_args, data_args, _, _ = get_infer_args(args)
 
     assert model_args.model_name_or_path == "unused"
-    assert not hasattr(data_args, SETTINGS_ATTR)  # nothing to tokenize, nothing attached
+    assert settings_of(data_args) is None  # nothing to tokenize, nothing attached
     assert args["rejection_mask_eos"] is True
 
 
@@ -146,7 +147,7 @@ def test_the_argv_form_gives_training_the_whole_sentence(patched):
             "--rejection_mask_eos", "true", "--rejection_sentences", *SENTENCE.split()]  # fmt: skip
     data_args = parser._parse_train_args(argv)[1]
 
-    assert getattr(data_args, SETTINGS_ATTR).sentences == (SENTENCE,)
+    assert settings_of(data_args).sentences == (SENTENCE,)
 
 
 def test_patching_a_parser_module_without_some_entry_points_patches_the_rest():
@@ -222,7 +223,7 @@ def test_chat_accepts_an_unquoted_sentence_in_argv_form(tmp_path, tiny_llava_dir
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    importlib.metadata.version("llamafactory") == "0.9.4",
+    Version(importlib.metadata.version("llamafactory")) < Version("0.9.5"),
     reason="LLaMA-Factory 0.9.4's own v1 sft stops before it parses anything (run_sft() missing 'user_args'); "
     "its v1 parser is patched all the same (test_the_v1_parser_refuses_the_keys_with_a_message_about_v1)",
 )

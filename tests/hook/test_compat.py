@@ -31,8 +31,9 @@ def test_a_changed_signature_is_named_with_what_was_found_and_what_was_expected(
     message = compat.problem("loader")
 
     assert f"llamafactory {version('llamafactory')} is installed" in message
-    assert "processor_utils.infer_seqlen takes (source, target), expected (source_len, target_len, cutoff_len, ...)" in (
-        message
+    assert (
+        "processor_utils.infer_seqlen takes (source, target), expected (source_len, target_len, cutoff_len, ...)"
+        in (message)
     )
 
 
@@ -68,3 +69,17 @@ def test_the_checks_only_need_llamafactory_when_the_hook_is_used():
     )  # fmt: skip
 
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "found, note",
+    [("0.9.3", "; 0.9.3 is older than all of them"), ("0.9.5", ""), ("0.10.0", "; 0.10.0 is newer than all of them"),
+     ("0.9.6.dev0", ""), ("not-a-version", "")],
+)  # fmt: skip
+def test_a_mismatch_says_whether_the_version_is_outside_the_tested_ones(monkeypatch, found, note):
+    from llamafactory.data.processor import processor_utils
+
+    monkeypatch.setattr(processor_utils, "infer_seqlen", lambda source, target: (source, target))
+    monkeypatch.setattr(compat, "llamafactory_version", lambda: found)
+
+    assert compat.problem("loader").endswith(f"(known to work: 0.9.4, 0.9.5, 0.9.6.dev0{note})")

@@ -1,5 +1,6 @@
 """The start-up line and the patches: idempotent, reversible, harmless when LLaMA-Factory is absent or broken."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -11,11 +12,11 @@ import pytest
 import rejection_align
 from rejection_align.errors import ConfigError
 from rejection_align.hook import patches
-from rejection_align.hook.processor import SETTINGS_ATTR
-from rejection_align.hook.settings import RejectionSettings
+from rejection_align.hook.settings import RejectionSettings, attach, settings_of
 
 
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "src" / "rejection_align"
 
 
 def python(code: str, *, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -27,18 +28,42 @@ def python(code: str, *, env: dict | None = None, cwd: Path | None = None) -> su
 
 def test_install_is_idempotent_and_uninstall_restores_the_stock_objects(patched):
     import llamafactory.data.loader as loader
-    from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
+
+    stock = patches._ORIGINALS[(loader.__name__, "_get_dataset_processor")]
 
     rejection_align.install()
     rejection_align.install()
     assert rejection_align.is_installed()
-    assert loader.SupervisedDatasetProcessor.__name__ == "RejectionSupervisedDatasetProcessor"
+    assert loader._get_dataset_processor.__wrapped__ is stock  # wrapped once, not twice
 
     rejection_align.uninstall()
     rejection_align.uninstall()
     assert not rejection_align.is_installed()
-    assert loader.SupervisedDatasetProcessor is SupervisedDatasetProcessor
+    assert loader._get_dataset_processor is stock
     assert not hasattr(loader._get_preprocessed_dataset, "__rejection_align__")
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["plain", "packing"])
+def test_llamafactorys_processor_factory_gives_ours_only_for_sft_training_with_the_method_on(
+    patched, processor_factory, packing
+):
+    import llamafactory.data.loader as loader
+    from llamafactory.data.processor import PretrainDatasetProcessor, UnsupervisedDatasetProcessor
+
+    stock = processor_factory("llava", stock=True, packed=packing, packing=packing)
+    data_args, fields = stock.data_args, (stock.template, stock.tokenizer, stock.processor)
+
+    off = loader._get_dataset_processor(data_args, "sft", *fields)
+    attach(data_args, RejectionSettings(mask_eos=True))
+    on = loader._get_dataset_processor(data_args, "sft", *fields)
+    generating = loader._get_dataset_processor(data_args, "sft", *fields, do_generate=True)
+    pretraining = loader._get_dataset_processor(data_args, "pt", *fields)
+
+    assert type(off) is type(stock)
+    assert type(on).__name__ == ("RejectionPacked" if packing else "Rejection") + "SupervisedDatasetProcessor"
+    assert isinstance(on, type(stock)) and on.data_args is data_args and on.tokenizer is stock.tokenizer
+    assert type(generating) is UnsupervisedDatasetProcessor
+    assert type(pretraining) is PretrainDatasetProcessor
 
 
 def test_status_reports_the_installed_version_and_every_internal_as_ok(patched):
@@ -71,8 +96,8 @@ def test_parsing_the_same_dict_twice_keeps_the_settings_both_times(patched):
     second = parser._parse_train_args(args)
 
     expected = RejectionSettings(mask_eos=True, mask_mode="drop")
-    assert getattr(first[1], SETTINGS_ATTR) == expected
-    assert getattr(second[1], SETTINGS_ATTR) == expected
+    assert settings_of(first[1]) == expected
+    assert settings_of(second[1]) == expected
     assert args["rejection_mask_eos"] is True
 
 
@@ -88,7 +113,7 @@ def test_a_changed_internal_is_an_error_naming_it_only_when_the_method_is_asked_
     monkeypatch.setattr(Template, "encode_multiturn", encode_multiturn)
     base = {"model_name_or_path": "unused", "template": "llava", "dataset": "x", "output_dir": "o"}
 
-    assert not hasattr(parser._parse_train_args(base)[1], SETTINGS_ATTR)
+    assert settings_of(parser._parse_train_args(base)[1]) is None
     with pytest.raises(ConfigError) as caught:
         parser._parse_train_args({**base, "rejection_mask_eos": True})
     message = str(caught.value)
@@ -117,14 +142,60 @@ def test_importing_our_processor_module_first_still_leaves_llamafactory_patched(
     assert result.stdout.strip().endswith("True {}")
 
 
+def test_a_run_with_the_method_off_never_loads_our_processor_module():
+    result = python(
+        "import sys, llamafactory.hparams.parser, llamafactory.data.loader, rejection_align; "
+        "print(rejection_align.is_installed(), 'rejection_align.hook.processor' in sys.modules)"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("True False")
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The modules of ``modules`` that ``path`` imports, at its top or inside a function (``from . import x`` is
+    an import of ``x``, not of the package)."""
+    module = "rejection_align." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    package = module.removesuffix(".__init__") if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, one level up per extra dot
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & modules
+            found |= submodules or {base}
+    return found & modules
+
+
+def test_the_hook_and_its_start_up_module_import_each_other_without_a_cycle():
+    paths = [PACKAGE / "_startup.py", *sorted((PACKAGE / "hook").glob("*.py"))]
+    modules = {"rejection_align." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in paths}
+    modules = {name.removesuffix(".__init__"): path for name, path in modules.items()}
+    graph = {name: imports_of(path, set(modules)) - {name} for name, path in modules.items()}
+
+    def cycle_from(name: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
+        if name in trail:
+            return trail[trail.index(name) :] + (name,)
+        return next(filter(None, (cycle_from(dep, (*trail, name)) for dep in sorted(graph[name]))), None)
+
+    # the parser finds the lazy imports: the start-up hook's of the patches, the package's of its public names
+    assert "rejection_align.hook.patches" in graph["rejection_align._startup"]
+    assert graph["rejection_align.hook"] == {"rejection_align.hook.patches", "rejection_align.hook.command"}
+    assert [cycle_from(name, ()) for name in graph] == [None] * len(graph)
+
+
 def test_the_disable_variable_leaves_llamafactory_stock():
     result = python(
-        "import llamafactory.data.loader as l; print(l.SupervisedDatasetProcessor.__module__)",
+        "import llamafactory.data.loader as l; print(l._get_dataset_processor.__module__)",
         env={"REJECTION_ALIGN_DISABLE": "1"},
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("llamafactory.data.processor.supervised")
+    assert result.stdout.strip().endswith("llamafactory.data.loader")
 
 
 def test_the_startup_line_imports_nothing_but_its_own_two_modules():
@@ -137,7 +208,9 @@ def test_the_startup_line_imports_nothing_but_its_own_two_modules():
     # module and our start-up module was imported by it
     end = names.index("rejection_align._startup")
     start = names.index("rejection_align")
-    assert names[start : end + 1] == ["rejection_align", "rejection_align._startup"]
+    # the package, the hook's module of names (which imports nothing) with its package, and the start-up module
+    expected = ["rejection_align", "rejection_align.hook", "rejection_align.hook.targets", "rejection_align._startup"]
+    assert names[start : end + 1] == expected
 
 
 @pytest.mark.parametrize(
@@ -178,15 +251,41 @@ def test_the_built_wheel_puts_the_startup_line_in_site_packages(tmp_path):
         assert "rejection_align/_startup.py" in names
 
 
-def test_the_hook_command_reports_a_working_patch():
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "rejection-align"), "hook", "--check"],
-        capture_output=True, text=True, timeout=300,
+def hook_command(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "rejection-align"), "hook", *args],
+        env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+def test_the_hook_command_reports_a_working_patch():
+    result = hook_command("--check")
 
     assert result.returncode == 0, result.stderr
     assert "parser_patched: True" in result.stdout
     assert "loader_patched: True" in result.stdout
+    assert result.stdout.rstrip().endswith("result: the hook works")
+
+
+def test_the_hook_command_says_what_is_wrong_with_a_broken_llamafactory(tmp_path):
+    (tmp_path / "llamafactory").mkdir()
+    (tmp_path / "llamafactory" / "__init__.py").write_text("raise RuntimeError('llamafactory is broken')")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+
+    result = hook_command("--check", env={"PYTHONPATH": path})
+
+    assert result.returncode == 1, result.stderr
+    assert "result: the hook cannot work: llamafactory.hparams.parser: import failed: RuntimeError: llamafactory is " \
+        "broken" in result.stdout  # fmt: skip
+    assert "cannot import llamafactory.data.loader: RuntimeError: llamafactory is broken" in result.stdout
+    assert "--check" not in result.stdout  # not "use --check": it was used
+
+
+def test_the_hook_command_help_names_every_supported_llamafactory():
+    result = hook_command("--help")
+
+    assert result.returncode == 0, result.stderr
+    assert "(0.9.4, 0.9.5 or main)" in " ".join(result.stdout.split())
 
 
 # PEP 829 (Python 3.15+): site runs the entry points of ``<name>.start`` files, and a ``.start`` file turns off the
@@ -214,7 +313,9 @@ def pep_829_python(code: str, *, pth_imports: bool, start_files: bool) -> subpro
     import sysconfig
 
     site_dir = sysconfig.get_paths()["purelib"]  # python -S does not even set sys.prefix to the venv (site does)
-    prelude = f"SITE_DIR = {site_dir!r}\nRUN_PTH_IMPORTS = {pth_imports}\nRUN_START_FILES = {start_files}\n{PEP_829_SITE}\n"
+    prelude = (
+        f"SITE_DIR = {site_dir!r}\nRUN_PTH_IMPORTS = {pth_imports}\nRUN_START_FILES = {start_files}\n{PEP_829_SITE}\n"
+    )
     return subprocess.run(
         [sys.executable, "-S", "-c", prelude + code], env=os.environ, capture_output=True, text=True, timeout=300
     )

@@ -7,8 +7,8 @@ and expects the template's own closing tokens (DESIGN.md §6) right after them.
 import pytest
 
 from conftest import SENTENCE, batch, make_processor
+from rejection_align.hook.counters import STATS_COLUMN, STATS_FIELDS
 from rejection_align.hook.masking import IGNORE_INDEX
-from rejection_align.hook.processor import STATS_COLUMN, STATS_FIELDS
 from rejection_align.hook.settings import RejectionSettings
 
 

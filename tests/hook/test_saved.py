@@ -157,3 +157,42 @@ def test_a_streamed_dataset_gives_the_same_batches_as_stock_but_for_the_rejectio
     changed = (ours_batch["labels"] != stock_batch["labels"]).nonzero().tolist()
     assert len(changed) == 2  # one closing </s> in each of the two examples that end with a rejection answer
     assert all(ours_batch["labels"][row, column] == IGNORE_INDEX for row, column in changed)
+
+
+# ------------------------------------------------------------------------------------------------------ the record
+
+
+def test_the_record_on_disk_keeps_its_schema_and_reads_back_as_the_settings(tmp_path):
+    from rejection_align.hook.saved import read_record, write_record
+    from rejection_align.hook.settings import RejectionSettings
+
+    settings = RejectionSettings(mask_eos=True, mask_mode="drop", sentences=(SENTENCE, "No."), match="contains")
+    write_record(tmp_path, settings)
+
+    on_disk = json.loads((tmp_path / RECORD_NAME).read_text(encoding="utf-8"))
+    assert on_disk == {"format": 1, "settings": settings.to_dict()}
+    assert read_record(tmp_path) == settings.to_dict()
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"format": 1}', "does not hold the settings rejection-align writes"),
+        ('{"format": 1, "settings": {"rejection_mask_eos": "yes", "rejection_mask_mode": "mask", '
+         '"rejection_sentences": ["x"], "rejection_match": "exact"}}',
+         "does not hold the settings rejection-align writes (at $.settings.rejection_mask_eos)"),
+        ('{"format": 2, "settings": {"rejection_mask_eos": true, "rejection_mask_mode": "mask", '
+         '"rejection_sentences": ["x"], "rejection_match": "exact"}}', "has format 2, this rejection-align reads format 1"),
+    ],
+    ids=["not-json", "no-settings", "wrong-type", "newer-format"],
+)  # fmt: skip
+def test_a_damaged_record_is_one_message_naming_the_file_and_the_way_out(tmp_path, text, problem):
+    from rejection_align.hook.saved import read_record
+
+    (tmp_path / RECORD_NAME).write_text(text, encoding="utf-8")
+
+    with pytest.raises(ConfigError) as caught:
+        read_record(tmp_path)
+
+    assert str(caught.value) == f"{tmp_path / RECORD_NAME} {problem}; delete {tmp_path} to tokenize again."

@@ -1,7 +1,7 @@
 """The LLaMA-Factory internals the hook relies on, checked by shape rather than by version number.
 
 LLaMA-Factory 0.9.4, 0.9.5 and ``main`` (0.9.6.dev0) differ in many places but not in the few names the hook
-touches (DESIGN.md §5, §6). Instead of accepting one release, the hook checks each of those names when it is about
+touches (docs/architecture.md, "Patch points"). Instead of accepting one release, the hook checks each of those names when it is about
 to use them: the attribute exists, is the kind of object we expect, and its leading parameters are the ones we call
 it with. A mismatch names the internal and the installed version. Nothing here runs at interpreter start-up; the
 checks import only modules that LLaMA-Factory's own loader has already imported.
@@ -13,10 +13,14 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .targets import LOADER_MODULE as LOADER
+from .targets import PARSER_MODULE as PARSER
+from .targets import SUPERVISED_MODULE as SUPERVISED
+from .targets import TEMPLATE_MODULE as TEMPLATE
 
-PARSER = "llamafactory.hparams.parser"
-LOADER = "llamafactory.data.loader"
+
 Group = Literal["parser", "loader"]
+TESTED = ("0.9.4", "0.9.5", "0.9.6.dev0")  # LLaMA-Factory releases (and main) the test suite runs against
 
 
 @dataclass(frozen=True)
@@ -41,23 +45,26 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("parser", PARSER, "_parse_train_args", params=("args",)),
     Internal("parser", PARSER, "_parse_train_mca_args", params=("args",)),
     Internal("parser", PARSER, "_parse_train_mbridge_args", params=("args",), optional=True),
-    Internal("loader", LOADER, "SupervisedDatasetProcessor", kind="class"),
-    Internal("loader", LOADER, "PackedSupervisedDatasetProcessor", kind="class"),
+    Internal("parser", "llamafactory.hparams", "DataArguments", kind="class"),
+    Internal("loader", LOADER, "_get_dataset_processor",
+             params=("data_args", "stage", "template", "tokenizer", "processor", "do_generate")),  # fmt: skip
+    Internal("loader", SUPERVISED, "SupervisedDatasetProcessor", kind="class"),
+    Internal("loader", SUPERVISED, "PackedSupervisedDatasetProcessor", kind="class"),
     Internal(
         "loader", LOADER, "_get_preprocessed_dataset",
         params=("dataset", "data_args", "training_args", "stage", "template", "tokenizer", "processor", "is_eval"),
     ),  # fmt: skip
-    Internal("loader", "llamafactory.data.processor.supervised", "SupervisedDatasetProcessor._encode_data_example",
+    Internal("loader", SUPERVISED, "SupervisedDatasetProcessor._encode_data_example",
              params=_PROCESSOR),  # fmt: skip
-    Internal("loader", "llamafactory.data.processor.supervised", "SupervisedDatasetProcessor.preprocess_dataset",
+    Internal("loader", SUPERVISED, "SupervisedDatasetProcessor.preprocess_dataset",
              params=("self", "examples")),  # fmt: skip
-    Internal("loader", "llamafactory.data.template", "Template.encode_multiturn",
+    Internal("loader", TEMPLATE, "Template.encode_multiturn",
              params=("self", "tokenizer", "messages", "system", "tools")),  # fmt: skip
-    Internal("loader", "llamafactory.data.template", "Template._convert_elements_to_ids",
+    Internal("loader", TEMPLATE, "Template._convert_elements_to_ids",
              params=("self", "tokenizer", "elements")),  # fmt: skip
-    Internal("loader", "llamafactory.data.template", "Template.format_assistant", kind="field"),
-    Internal("loader", "llamafactory.data.template", "Template.efficient_eos", kind="field"),
-    Internal("loader", "llamafactory.data.template", "Template.mm_plugin", kind="field"),
+    Internal("loader", TEMPLATE, "Template.format_assistant", kind="field"),
+    Internal("loader", TEMPLATE, "Template.efficient_eos", kind="field"),
+    Internal("loader", TEMPLATE, "Template.mm_plugin", kind="field"),
     Internal("loader", "llamafactory.data.processor.processor_utils", "infer_seqlen",
              params=("source_len", "target_len", "cutoff_len")),  # fmt: skip
     Internal("loader", "llamafactory.data.mm_plugin", "BasePlugin.process_token_ids",
@@ -143,5 +150,21 @@ def problem(*groups: Group) -> str | None:
 
     return (
         f"llamafactory {found} is installed, and the LLaMA-Factory internals rejection-align relies on differ: "
-        f"{'; '.join(bad)} (known to work: 0.9.4, 0.9.5 and main 0.9.6.dev0)"
+        f"{'; '.join(bad)} (known to work: {', '.join(TESTED)}{_outside_tested(found)})"
     )
+
+
+def _outside_tested(found: str) -> str:
+    """Whether ``found`` is older or newer than every release the hook was tested with (a hint, not a check)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        version = Version(found)
+    except InvalidVersion:
+        return ""
+
+    if version < Version(TESTED[0]):
+        return f"; {found} is older than all of them"
+    if version > Version(TESTED[-1]):
+        return f"; {found} is newer than all of them"
+    return ""

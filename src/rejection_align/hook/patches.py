@@ -1,21 +1,20 @@
-"""Patches LLaMA-Factory 0.9.5 so that ``llamafactory-cli train`` reads the ``rejection_*`` keys and uses our processors.
+"""Patches LLaMA-Factory (0.9.4, 0.9.5 and main) so that ``llamafactory-cli train`` reads the ``rejection_*`` keys
+and tokenizes with our processors. All patching is here: :func:`install` (idempotent), :func:`is_installed`,
+:func:`uninstall`, and :func:`patch_module`, which the start-up hook calls as each target module is imported.
 
-Two module attributes are replaced (DESIGN.md §6), each reversibly and at most once:
+Module attributes replaced, each at most once and reversibly (why each is needed: docs/architecture.md):
 
-- ``llamafactory.hparams.parser._parse_train_args`` (and the MCA variant): take the ``rejection_*`` keys out
-  of the YAML dict or argv list, let LLaMA-Factory parse the rest, and attach the settings to ``data_args`` —
-  so they travel, pickled with the processor, to preprocessing workers and into the ``datasets`` cache key;
-- ``llamafactory.data.loader.SupervisedDatasetProcessor`` / ``PackedSupervisedDatasetProcessor`` (looked up by
-  name when a dataset is prepared) and ``_get_preprocessed_dataset`` (to log and drop our counters column).
-
-The parsers of the commands that tokenize no training data (``_parse_infer_args`` for export/chat/webchat/api,
-``_parse_eval_args``) take the keys out and ignore them with one log line; the v1 parser (``USE_V1=1``) refuses them.
-
-The start-up hook (``_startup.py``) calls :func:`on_module_loaded` when those modules are imported, in every
-interpreter including torchrun workers; Python users may call :func:`install` themselves.
+- ``llamafactory.hparams.parser``: ``_parse_train_args`` and its MCA / Megatron-Bridge variants (where they
+  exist) take the ``rejection_*`` keys out of the YAML dict or argv list, let LLaMA-Factory parse the rest, and
+  :func:`~.settings.attach` the settings to ``data_args``; ``_parse_infer_args`` / ``_parse_eval_args`` (export,
+  chat, webchat, api, the evaluator) take them out and ignore them with one log line;
+- ``llamafactory.data.loader``: ``_get_dataset_processor`` swaps the supervised processor it chose for our
+  subclass when the method is on (our processor module is imported then, on its first call);
+  ``_get_preprocessed_dataset`` logs and drops our counter columns; ``get_dataset`` (and the copies imported by
+  name into ``llamafactory.data`` and the workflows) checks and writes the ``tokenized_path`` record (``saved.py``);
+- ``llamafactory.v1.config.arg_parser.get_args`` (``USE_V1=1``) refuses the keys: the v1 trainers have no hook yet.
 """
 
-import argparse
 import functools
 import importlib
 import logging
@@ -25,75 +24,77 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import compat
+from .counters import NO_COUNTS, OUR_COLUMNS, STATS_COLUMN, STATS_FIELDS, Counters, summary
+from .saved import wrap_get_dataset
+from .settings import attach, rejection_keys, settings_of, split_settings
+from .targets import LOADER_MODULE, PARSER_MODULE, V1_PARSER_MODULE
 
 
 logger = logging.getLogger(__name__)
 
-PARSER_MODULE = "llamafactory.hparams.parser"
-LOADER_MODULE = "llamafactory.data.loader"
 _PARSER_ATTRS = ("_parse_train_args", "_parse_train_mca_args", "_parse_train_mbridge_args")
 # parsers of commands that never tokenize training data -> the public function that calls them
 _IGNORING_PARSER_ATTRS = {"_parse_infer_args": "get_infer_args", "_parse_eval_args": "get_eval_args"}
-V1_PARSER_MODULE = "llamafactory.v1.config.arg_parser"
 V1_UNSUPPORTED = (
     "rejection-align: the rejection_* keys are not supported on LLaMA-Factory's v1 path (USE_V1=1) yet; "
     "unset USE_V1 or remove the keys"
 )
 _LAUNCHER_NAMES = ("llamafactory-cli", "lmf", "llamafactory.cli")
-_MARK = "__rejection_align__"
+_MARK = "__rejection_align__"  # set on every function we put in place: how is_installed() and _replace() know ours
+# the attribute whose mark says that a module is patched
+_MARKED_ATTRIBUTE = {PARSER_MODULE: "_parse_train_args", LOADER_MODULE: "_get_dataset_processor"}
 
 # (module name, attribute) -> original object, for uninstall()
 _ORIGINALS: dict[tuple[str, str], Any] = {}
-_FAILURES: dict[str, str] = {}
-_PENDING: set[str] = set()  # modules to patch once rejection_align.processor has finished loading
+_FAILURES: dict[str, str] = {}  # module name -> why it could not be patched (status, and the parser's refusal)
 _LOGGED: set[str] = set()  # one-per-process log lines already written
 
 
-def _llamafactory_version() -> str | None:
-    return compat.llamafactory_version()
-
-
-def _unsupported_reason(*groups: compat.Group) -> str | None:
-    """What keeps the hook from working with the installed LLaMA-Factory (its internals, not its version number)."""
-    return compat.problem(*groups)
-
-
-def _replace(module: Any, attribute: str, new: Any) -> None:
-    key = (module.__name__, attribute)
+def _replace(module: Any, attribute: str, wrap: Any) -> None:
+    """``module.attribute = wrap(module.attribute)``, unless it is ours already; the original is kept for uninstall."""
     current = getattr(module, attribute)
-    if getattr(current, _MARK, False) or current is new:
+    if getattr(current, _MARK, False):
         return
 
-    _ORIGINALS.setdefault(key, current)
+    new = wrap(current)
+    setattr(new, _MARK, True)
+    _ORIGINALS.setdefault((module.__name__, attribute), current)
     setattr(module, attribute, new)
 
 
 # ----------------------------------------------------------------------------------------------- argument parsing
 
 
-def _attach_settings(parsed: tuple, settings: Any) -> tuple:
-    from .processor import SETTINGS_ATTR
+def _data_args(parsed: tuple) -> Any:
+    """The ``DataArguments`` of a training parser's result: second in every one of LLaMA-Factory's train tuples."""
+    from llamafactory.hparams import DataArguments
 
-    for item in parsed:
-        if type(item).__name__ == "DataArguments":
-            setattr(item, SETTINGS_ATTR, settings)
-            return parsed
+    if len(parsed) > 1 and isinstance(parsed[1], DataArguments):
+        return parsed[1]
 
-    raise RuntimeError("rejection-align: LLaMA-Factory's parsed arguments hold no DataArguments")
+    found = ", ".join(type(item).__name__ for item in parsed)
+    raise ConfigError(
+        f"rejection-align: LLaMA-Factory's training parser returned ({found}), expected DataArguments 2nd"
+    )
+
+
+def _cannot_work() -> str | None:
+    """Why the method cannot be applied in this process, if it cannot (checked only when a run asks for it)."""
+    problem = compat.problem() or _FAILURES.get(LOADER_MODULE)
+    if problem is None and not is_patched(LOADER_MODULE):
+        patch_loader(importlib.import_module(LOADER_MODULE))  # idempotent: the start-up hook may patch it on import
+        problem = _FAILURES.get(LOADER_MODULE)
+
+    return problem
 
 
 def _wrap_parse_train_args(original: Any) -> Any:
     @functools.wraps(original)
     def parse_train_args(args: dict[str, Any] | list[str] | None = None) -> tuple:
-        from .settings import split_settings
-
         args = sys.modules[PARSER_MODULE].read_args(args)
         settings, rest = split_settings(args)  # a copy: the caller may parse the same dict again
         if settings is not None and settings.mask_eos:
-            problem = _unsupported_reason() or _FAILURES.get(LOADER_MODULE)
-            if problem is None and not _is_patched(LOADER_MODULE):
-                importlib.import_module(LOADER_MODULE)  # patched on import
-                problem = _FAILURES.get(LOADER_MODULE)
+            problem = _cannot_work()
             if problem is not None:
                 raise ConfigError(f"rejection_mask_eos is set but the rejection-align hook cannot work: {problem}")
 
@@ -101,15 +102,15 @@ def _wrap_parse_train_args(original: Any) -> Any:
         if settings is None:
             return parsed
 
+        attach(_data_args(parsed), settings)
         _show_logs_like_llamafactory()
         rank = os.environ.get("RANK", "0")
         logger.info(
             f"rejection-align: rejection_mask_eos={settings.mask_eos} mode={settings.mask_mode} match={settings.match} "
             f"sentences={len(settings.sentences)} (process rank {rank}, pid {os.getpid()})"
         )
-        return _attach_settings(parsed, settings)
+        return parsed
 
-    setattr(parse_train_args, _MARK, True)
     return parse_train_args
 
 
@@ -153,8 +154,6 @@ def _wrap_parse_ignoring(original: Any, entry: str) -> Any:
 
     @functools.wraps(original)
     def parse_ignoring(args: dict[str, Any] | list[str] | None = None) -> tuple:
-        from .settings import rejection_keys, split_settings
-
         module = sys.modules[PARSER_MODULE]
         args = module.read_args(args)
         settings, rest = split_settings(args)  # a copy; bad values and misspelt keys are still errors
@@ -175,18 +174,17 @@ def _wrap_parse_ignoring(original: Any, entry: str) -> Any:
 
         return original(rest)
 
-    setattr(parse_ignoring, _MARK, True)
     return parse_ignoring
 
 
 def patch_parser(module: Any) -> None:
     for attribute in _PARSER_ATTRS:
         if hasattr(module, attribute):
-            _replace(module, attribute, _wrap_parse_train_args(getattr(module, attribute)))
+            _replace(module, attribute, _wrap_parse_train_args)
 
     for attribute, entry in _IGNORING_PARSER_ATTRS.items():
         if hasattr(module, attribute):
-            _replace(module, attribute, _wrap_parse_ignoring(getattr(module, attribute), entry))
+            _replace(module, attribute, functools.partial(_wrap_parse_ignoring, entry=entry))
 
 
 def _v1_args_from_argv() -> Any:
@@ -213,8 +211,6 @@ def _wrap_v1_get_args(original: Any) -> Any:
 
     @functools.wraps(original)
     def get_args(args: Any = None, *more: Any, **kwargs: Any) -> Any:
-        from .settings import rejection_keys
-
         try:
             found = rejection_keys(_v1_args_from_argv() if args is None else args)
         except Exception:  # an unreadable config: LLaMA-Factory's own parser reports it
@@ -224,16 +220,43 @@ def _wrap_v1_get_args(original: Any) -> Any:
 
         return original(args, *more, **kwargs)
 
-    setattr(get_args, _MARK, True)
     return get_args
 
 
 def patch_v1_parser(module: Any) -> None:
     if hasattr(module, "get_args"):
-        _replace(module, "get_args", _wrap_v1_get_args(module.get_args))
+        _replace(module, "get_args", _wrap_v1_get_args)
 
 
 # ------------------------------------------------------------------------------------------------- dataset loader
+
+
+def _wrap_get_dataset_processor(original: Any) -> Any:
+    """LLaMA-Factory picks the processor class (and applies its packing switches); with the method on and a
+    supervised stage we hand back our subclass of what it picked, built from the same fields.
+
+    Our processor module is imported on the first such call, not before: it imports LLaMA-Factory's data modules,
+    which are certainly loaded by then, and a run with the method off never loads it.
+    """
+
+    @functools.wraps(original)
+    def get_dataset_processor(data_args: Any, stage: str, *args: Any, **kwargs: Any) -> Any:
+        chosen = original(data_args, stage, *args, **kwargs)
+        if settings_of(data_args) is None:
+            return chosen
+
+        # the rest of the signature is (template, tokenizer, processor, do_generate)
+        if stage != "sft":
+            logger.warning(f"rejection-align: rejection_mask_eos has no effect for stage '{stage}' (sft only)")
+            return chosen
+        if kwargs.get("do_generate", args[3] if len(args) > 3 else False):
+            return chosen  # evaluation with predict_with_generate: the unsupervised processor, as it should be
+
+        from .processor import rejection_processor
+
+        return rejection_processor(chosen)
+
+    return get_dataset_processor
 
 
 def _log_counts(dataset: Any, data_args: Any, is_eval: bool, should_log: bool) -> Any:
@@ -242,16 +265,14 @@ def _log_counts(dataset: Any, data_args: Any, is_eval: bool, should_log: bool) -
     A streamed dataset (``IterableDataset``) does not know its columns after ``map`` (``column_names`` is None):
     our columns are removed from it whenever the method is on; the removal is lazy and skips absent columns.
     """
-    from .processor import OUR_COLUMNS, STATS_COLUMN, STATS_FIELDS, settings_of
-
     settings = settings_of(data_args)
     columns = getattr(dataset, "column_names", None)
+    split = "eval" if is_eval else "train"
     if columns is None or not hasattr(dataset, "__len__"):  # streamed
         if settings is None and not (columns and STATS_COLUMN in columns):
             return dataset
 
         if should_log:
-            split = "eval" if is_eval else "train"
             logger.info(f"rejection-align [{split}]: streaming dataset, counts are not available")
         return dataset.remove_columns(list(OUR_COLUMNS))
 
@@ -259,31 +280,18 @@ def _log_counts(dataset: Any, data_args: Any, is_eval: bool, should_log: bool) -
     if STATS_COLUMN not in ours or not should_log:
         return dataset.remove_columns(ours) if ours else dataset
 
-    names = ", ".join(data_args.eval_dataset if is_eval and data_args.eval_dataset else data_args.dataset or [])
-    split = "eval" if is_eval else "train"
     import pyarrow.compute as pc
 
     flat = pc.list_flatten(dataset.with_format("arrow")[STATS_COLUMN]).to_numpy()
-    totals = dict(zip(STATS_FIELDS, flat.reshape(-1, len(STATS_FIELDS)).sum(axis=0).tolist()))
-    action = "dropped" if settings and settings.mask_mode == "drop" else "masked"
-    logger.info(
-        f"rejection-align [{split}: {names}]: {totals['rejection_examples']} of {totals['examples']} examples "
-        f"have a rejection answer ({totals['rejection_turns']} of {totals['turns']} turns); closing token(s) "
-        f"{action} in {totals['closed_turns']} turns ({totals['tokens_changed']} tokens), "
-        f"{totals['truncated_turns']} truncated by cutoff_len left untouched, {totals['merged_turns']} whose "
-        "answer merged with the template's closing text (only purely closing tokens untrained)"
-    )
+    totals = Counters(*flat.reshape(-1, len(STATS_FIELDS)).sum(axis=0).tolist()) if len(flat) else NO_COUNTS
+    names = ", ".join(data_args.eval_dataset if is_eval and data_args.eval_dataset else data_args.dataset or [])
+    logger.info(f"rejection-align [{split}: {names}]: {summary(totals, settings.mask_mode if settings else 'mask')}")
     return dataset.remove_columns(ours)
 
 
 def _wrap_get_preprocessed_dataset(original: Any) -> Any:
     @functools.wraps(original)
     def get_preprocessed_dataset(dataset, data_args, training_args, stage, *args, **kwargs):
-        from .processor import settings_of
-
-        if settings_of(data_args) is not None and stage != "sft":
-            logger.warning(f"rejection-align: rejection_mask_eos has no effect for stage '{stage}' (sft only)")
-
         result = original(dataset, data_args, training_args, stage, *args, **kwargs)
         if result is None:
             return result
@@ -292,7 +300,6 @@ def _wrap_get_preprocessed_dataset(original: Any) -> Any:
         is_eval = kwargs.get("is_eval", args[3] if len(args) > 3 else False)
         return _log_counts(result, data_args, is_eval, getattr(training_args, "should_log", True))
 
-    setattr(get_preprocessed_dataset, _MARK, True)
     return get_preprocessed_dataset
 
 
@@ -302,17 +309,16 @@ def _patch_get_dataset(loader: Any) -> None:
     ``get_dataset`` is imported by name into ``llamafactory.data`` and the training workflows, so every copy
     already made is replaced too; modules imported later copy the patched one from ``llamafactory.data``.
     """
-    from .saved import wrap_get_dataset
-
     current = loader.get_dataset
     if getattr(current, _MARK, False):
         return
 
-    wrapped = wrap_get_dataset(current)
+    _replace(loader, "get_dataset", wrap_get_dataset)
+    wrapped = loader.get_dataset
     for name, module in list(sys.modules.items()):
-        ours = name == "llamafactory" or name.startswith("llamafactory.")
+        ours = name.startswith("llamafactory.") and module is not loader
         if ours and getattr(module, "get_dataset", None) is current:
-            _replace(module, "get_dataset", wrapped)
+            _replace(module, "get_dataset", lambda _original: wrapped)
 
 
 def _show_logs_like_llamafactory() -> None:
@@ -332,47 +338,29 @@ def _show_logs_like_llamafactory() -> None:
 
 
 def patch_loader(module: Any) -> None:
-    reason = _unsupported_reason("loader")
+    reason = compat.problem("loader")
     if reason is not None:
         _FAILURES[LOADER_MODULE] = reason
         return
 
-    processor_module = sys.modules.get(f"{__package__}.processor")
-    if processor_module is not None and not hasattr(processor_module, "RejectionPackedSupervisedDatasetProcessor"):
-        # rejection_align.processor is being imported and is what imported LLaMA-Factory's loader (through
-        # llamafactory.data); its classes do not exist yet, so it finishes this patch when it is done
-        _PENDING.add(LOADER_MODULE)
-        return
-
-    from .processor import RejectionPackedSupervisedDatasetProcessor, RejectionSupervisedDatasetProcessor
-
-    _replace(module, "SupervisedDatasetProcessor", RejectionSupervisedDatasetProcessor)
-    _replace(module, "PackedSupervisedDatasetProcessor", RejectionPackedSupervisedDatasetProcessor)
-    _replace(module, "_get_preprocessed_dataset", _wrap_get_preprocessed_dataset(module._get_preprocessed_dataset))
+    _replace(module, "_get_dataset_processor", _wrap_get_dataset_processor)
+    _replace(module, "_get_preprocessed_dataset", _wrap_get_preprocessed_dataset)
     _patch_get_dataset(module)
     _FAILURES.pop(LOADER_MODULE, None)
     _show_logs_like_llamafactory()
 
 
-def patch_pending() -> None:
-    """Finish a loader patch deferred while ``rejection_align.processor`` was loading."""
-    if LOADER_MODULE in _PENDING and LOADER_MODULE in sys.modules:
-        _PENDING.discard(LOADER_MODULE)
-        on_module_loaded(sys.modules[LOADER_MODULE])
-
-
 # ------------------------------------------------------------------------------------------------------ public API
 
+_PATCHERS = {PARSER_MODULE: patch_parser, LOADER_MODULE: patch_loader, V1_PARSER_MODULE: patch_v1_parser}
 
-def on_module_loaded(module: Any) -> None:
-    """Called by the start-up hook right after a target module has executed."""
+
+def patch_module(module: Any) -> None:
+    """Patch one target module right after it executed (the start-up hook's call); failures are recorded."""
     try:
-        if module.__name__ == PARSER_MODULE:
-            patch_parser(module)
-        elif module.__name__ == LOADER_MODULE:
-            patch_loader(module)
-        elif module.__name__ == V1_PARSER_MODULE:
-            patch_v1_parser(module)
+        patcher = _PATCHERS.get(module.__name__)
+        if patcher is not None:
+            patcher(module)
     except Exception as err:
         record_failure(module.__name__, err)
 
@@ -390,7 +378,7 @@ def install() -> None:
 
     patch_parser(importlib.import_module(PARSER_MODULE))
     patch_loader(importlib.import_module(LOADER_MODULE))
-    reason = _unsupported_reason()
+    reason = compat.problem()
     if reason is not None:
         raise ConfigError(f"cannot install the rejection-align hook: {reason}")
     if LOADER_MODULE in _FAILURES:
@@ -406,69 +394,17 @@ def uninstall() -> None:
         del _ORIGINALS[(module_name, attribute)]
 
 
-def _is_patched(module_name: str) -> bool:
+def is_patched(module_name: str) -> bool:
+    """Whether ``module_name`` (``PARSER_MODULE`` or ``LOADER_MODULE``) is imported and patched in this process."""
     module = sys.modules.get(module_name)
-    if module is None:
-        return False
-
-    attribute = "_parse_train_args" if module_name == PARSER_MODULE else "_get_preprocessed_dataset"
-    return bool(getattr(getattr(module, attribute, None), _MARK, False))
+    return module is not None and bool(getattr(getattr(module, _MARKED_ATTRIBUTE[module_name], None), _MARK, False))
 
 
 def is_installed() -> bool:
     """True when both the argument parser and the dataset loader of LLaMA-Factory are patched in this process."""
-    return _is_patched(PARSER_MODULE) and _is_patched(LOADER_MODULE)
+    return is_patched(PARSER_MODULE) and is_patched(LOADER_MODULE)
 
 
-def status() -> dict[str, Any]:
-    """What is in place in this process, for bug reports and ``rejection-align hook``."""
-    from .. import _startup
-
-    # internals of modules not imported yet are not checked here (that would import LLaMA-Factory); --check imports them
-    loaded = tuple(
-        group for group, name in (("parser", PARSER_MODULE), ("loader", LOADER_MODULE)) if name in sys.modules
-    )
-    internals = compat.report(*loaded) if loaded else {}
-    return {
-        "llamafactory": _llamafactory_version(),
-        "supported": all(value == "ok" for value in internals.values()) if internals else None,  # None: not checked
-        "internals": internals,
-        "startup_hook_active": any(type(f).__name__ == "_PatchOnImport" for f in sys.meta_path),
-        "disabled_by_env": _startup.is_disabled(),
-        "parser_patched": _is_patched(PARSER_MODULE),
-        "loader_patched": _is_patched(LOADER_MODULE),
-        "failures": dict(_FAILURES),
-    }
-
-
-# ------------------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="import LLaMA-Factory's loader and parser and report whether they are patched",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Show whether the start-up hook is active (and, with --check, whether LLaMA-Factory gets patched)."""
-    if args.check:
-        for name in (PARSER_MODULE, LOADER_MODULE):
-            try:
-                importlib.import_module(name)
-            except Exception as err:
-                _FAILURES.setdefault(name, f"import failed: {type(err).__name__}: {err}")
-
-    info = status()
-    for key, value in info.items():
-        if key == "internals":
-            print(f"{key}:" + ("" if value else " not checked (LLaMA-Factory not imported; use --check)"))
-            for name, state in value.items():
-                print(f"  {name}: {state}")
-        else:
-            print(f"{key}: {value}")
-
-    working = info["parser_patched"] and info["loader_patched"] and info["supported"]
-    return 0 if not args.check or working else 1
+def failures() -> dict[str, str]:
+    """Module name -> why it could not be patched (or imported), in this process."""
+    return dict(_FAILURES)

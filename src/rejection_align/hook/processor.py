@@ -2,11 +2,15 @@
 
 They subclass LLaMA-Factory's own processors and override only ``_encode_data_example``: the stock method
 encodes the example, and we untrain the closing tokens of the answers that match a rejection sentence. With the
-method off they are the stock classes, token for token.
+method off LLaMA-Factory's own classes are used (the loader patch picks ours only when the method is on).
+
+Nothing happens at import: ``patches`` imports this module on the first call of LLaMA-Factory's processor factory
+with the method on (:func:`rejection_processor`), when LLaMA-Factory's data modules are already loaded.
 """
 
 import copy
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +20,10 @@ from llamafactory.data.processor.processor_utils import infer_seqlen
 from llamafactory.data.processor.supervised import PackedSupervisedDatasetProcessor, SupervisedDatasetProcessor
 from llamafactory.data.template import ReasoningTemplate
 
+from ..errors import ConfigError
+from .counters import NO_COUNTS, POSITIONS_COLUMN, STATS_COLUMN, Counters
 from .masking import apply_closings, closing_positions, layout_turns, purely_closing_len
-from .settings import RejectionSettings
+from .settings import settings_of
 
 
 if TYPE_CHECKING:
@@ -28,20 +34,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SETTINGS_ATTR = "rejection_align"  # attribute of LLaMA-Factory's DataArguments that carries RejectionSettings
-STATS_COLUMN = "_rejection_align_stats"  # per-row counters, summed and removed again by the loader patch
-POSITIONS_COLUMN = "_rejection_align_positions"  # per-row positions the method changed, for the printed example
-OUR_COLUMNS = (STATS_COLUMN, POSITIONS_COLUMN)
-STATS_FIELDS = ("examples", "rejection_examples", "turns", "rejection_turns", "closed_turns", "truncated_turns",
-                "tokens_changed", "merged_turns")  # fmt: skip
 OUTPUT_VERSION = 2  # bump when the columns or the treated positions change
 _SENTINEL = "\u0000rejection-align\u0000"
 _NO_TURNS: frozenset[int] = frozenset()
-
-
-def settings_of(data_args: Any) -> RejectionSettings | None:
-    settings = getattr(data_args, SETTINGS_ATTR, None)
-    return settings if isinstance(settings, RejectionSettings) and settings.mask_eos else None
+_NO_POSITIONS: tuple[int, ...] = ()
 
 
 def closing_suffix_ids(template: "Template", tokenizer: "PreTrainedTokenizer") -> list[int]:
@@ -80,12 +76,12 @@ class _RecordedEncoder:
 
 @dataclass
 class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
-    """``SupervisedDatasetProcessor`` that untrains the closing tokens of rejection answers (DESIGN.md §1)."""
+    """``SupervisedDatasetProcessor`` that untrains the closing tokens of rejection answers (docs/architecture.md)."""
 
     def __post_init__(self) -> None:
         self._settings = settings_of(self.data_args)
-        self._batch_stats: list[list[int]] | None = None
-        self._batch_positions: list[tuple[int, list[int]]] | None = None
+        self._batch_stats: list[Counters] | None = None
+        self._batch_positions: list[tuple[int, Sequence[int]]] | None = None
         if self._settings is None:
             return
 
@@ -99,6 +95,7 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         self._suffix_ids = [] if self.template.efficient_eos else closing_suffix_ids(self.template, self.tokenizer)
         plugin_method = type(self.template.mm_plugin).process_token_ids
         self._plain_token_ids = plugin_method is BasePlugin.process_token_ids
+        self._removes_thoughts = isinstance(self.template, ReasoningTemplate)
 
     def _trained_text(self, messages: list[dict[str, str]], index: int, discarding_history_cot: bool) -> str:
         """The answer as the template encodes it: reasoning templates remove thought blocks first."""
@@ -113,12 +110,19 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
 
     def _rejection_turns(self, messages: list[dict[str, str]], discarding_history_cot: bool) -> frozenset[int]:
         is_rejection = self._settings.is_rejection
-        turns = [
-            index // 2
-            for index in range(1, len(messages), 2)
-            if messages[index].get("role") == "assistant"
-            and is_rejection(self._trained_text(messages, index, discarding_history_cot))
-        ]
+        if self._removes_thoughts:
+            turns = [
+                index // 2
+                for index in range(1, len(messages), 2)
+                if messages[index].get("role") == "assistant"
+                and is_rejection(self._trained_text(messages, index, discarding_history_cot))
+            ]
+        else:  # the answer is the message's content: no call per message (this runs for every example)
+            turns = [
+                index // 2
+                for index in range(1, len(messages), 2)
+                if messages[index].get("role") == "assistant" and is_rejection(messages[index]["content"])
+            ]
         return frozenset(turns) if turns else _NO_TURNS
 
     def _prefix_len(self, images: list, videos: list, audios: list) -> int:
@@ -146,20 +150,32 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
             return input_ids, labels
 
         pairs, discarding_history_cot = self._encoder.take()
-        rejection_turns = self._rejection_turns(prompt + response, discarding_history_cot)
-        stats = [1, int(bool(rejection_turns)), len(pairs), len(rejection_turns), 0, 0, 0, 0]
-        changed: list[int] = []
-        if rejection_turns:
-            input_ids, labels, changed, stats[4], stats[5], stats[7] = self._untrain_closings(
-                input_ids, labels, pairs, rejection_turns, images, videos, audios
-            )
-            stats[6] = len(changed)
-
+        input_ids, labels, changed, counts = self._apply_method(
+            prompt + response, pairs, discarding_history_cot, input_ids, labels, images, videos, audios
+        )
         if self._batch_stats is not None:
-            self._batch_stats.append(stats)
+            self._batch_stats.append(counts)
             self._batch_positions.append((len(input_ids), changed))
 
         return input_ids, labels
+
+    def _apply_method(
+        self,
+        messages: list[dict[str, str]],
+        pairs: list[tuple[list[int], list[int]]],
+        discarding_history_cot: bool,
+        input_ids: list[int],
+        labels: list[int],
+        images: list["ImageInput"],
+        videos: list["VideoInput"],
+        audios: list["AudioInput"],
+    ) -> tuple[list[int], list[int], Sequence[int], Counters]:
+        """The method's own work on one stock-encoded example (``bench/bench_tokenize.py`` times it alone)."""
+        rejection_turns = self._rejection_turns(messages, discarding_history_cot)
+        if not rejection_turns:
+            return input_ids, labels, _NO_POSITIONS, Counters(examples=1, turns=len(pairs))
+
+        return self._untrain_closings(input_ids, labels, pairs, rejection_turns, images, videos, audios)
 
     def _untrain_closings(
         self,
@@ -170,10 +186,10 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         images: list["ImageInput"],
         videos: list["VideoInput"],
         audios: list["AudioInput"],
-    ) -> tuple[list[int], list[int], list[int], int, int, int]:
+    ) -> tuple[list[int], list[int], list[int], Counters]:
         """Find the closing positions of the rejection turns in the stock output and apply the mask mode.
 
-        Returns the new lists, the changed positions, and the numbers of closed, truncated and merged turns.
+        Returns the new lists, the changed positions, and the example's counters.
         """
         efficient_eos = self.template.efficient_eos
         layout = layout_turns(
@@ -189,7 +205,8 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         closings, truncated = closing_positions(layout, closing_lens, efficient_eos)
         self._check_layout(input_ids, labels, layout, closings, pairs)
         input_ids, labels, changed = apply_closings(input_ids, labels, closings, self._settings.mask_mode)
-        return input_ids, labels, changed, len(closings), len(truncated), merged
+        counts = Counters(1, 1, len(pairs), len(rejection_turns), len(closings), len(truncated), len(changed), merged)
+        return input_ids, labels, changed, counts
 
     def _closing_len(self, target: list[int]) -> int:
         """Trailing tokens of an encoded answer that hold only the template's closing text (see masking)."""
@@ -244,28 +261,28 @@ class RejectionSupervisedDatasetProcessor(SupervisedDatasetProcessor):
         model_inputs[POSITIONS_COLUMN] = self._position_rows(positions, model_inputs)
         return model_inputs
 
-    def _stats_rows(self, stats: list[list[int]], n_rows: int) -> list[list[int]]:
+    def _stats_rows(self, stats: list[Counters], n_rows: int) -> list[list[int]]:
         """One counter row per output row; a row is one example here."""
-        return stats
+        return [list(counts) for counts in stats]
 
-    def _position_rows(self, positions: list[tuple[int, list[int]]], model_inputs: dict) -> list[list[int]]:
-        return [changed for _, changed in positions]
+    def _position_rows(self, positions: list[tuple[int, Sequence[int]]], model_inputs: dict) -> list[list[int]]:
+        return [list(changed) for _, changed in positions]
 
     def print_data_example(self, example: dict[str, list[int]]) -> None:
         super().print_data_example(example)
         if self._settings is None or STATS_COLUMN not in example:
             return
 
-        counts = dict(zip(STATS_FIELDS, example[STATS_COLUMN]))
+        counts = Counters(*example[STATS_COLUMN])
         changed = list(example.get(POSITIONS_COLUMN) or [])
         if self._settings.mask_mode == "drop":
-            what = f"{counts['tokens_changed']} closing token(s) removed; their positions before removal: {changed}"
+            what = f"{counts.tokens_changed} closing token(s) removed; their positions before removal: {changed}"
         else:
-            what = f"{counts['tokens_changed']} label(s) changed; untrained closing-token positions: {changed}"
-        merged = f", {counts['merged_turns']} merged with the template's text" if counts["merged_turns"] else ""
+            what = f"{counts.tokens_changed} label(s) changed; untrained closing-token positions: {changed}"
+        merged = f", {counts.merged_turns} merged with the template's text" if counts.merged_turns else ""
         print(
-            f"rejection_align ({self._settings.mask_mode}): {counts['rejection_turns']} rejection answer(s) here, "
-            f"closing token(s) of {counts['closed_turns']} untrained{merged} ({what})"
+            f"rejection_align ({self._settings.mask_mode}): {counts.rejection_turns} rejection answer(s) here, "
+            f"closing token(s) of {counts.closed_turns} untrained{merged} ({what})"
         )
 
 
@@ -275,15 +292,15 @@ class RejectionPackedSupervisedDatasetProcessor(RejectionSupervisedDatasetProces
     ``preprocess_dataset`` wrap the stock packing, which encodes each example with our ``_encode_data_example``.
     """
 
-    def _stats_rows(self, stats: list[list[int]], n_rows: int) -> list[list[int]]:
+    def _stats_rows(self, stats: list[Counters], n_rows: int) -> list[list[int]]:
         """Rows are packs of several examples here: the batch total goes on the first row, zeros on the others."""
         if n_rows == 0:
             return []
 
-        total = [sum(column) for column in zip(*stats)] if stats else [0] * len(STATS_FIELDS)
-        return [total] + [[0] * len(STATS_FIELDS) for _ in range(n_rows - 1)]
+        total = Counters.total(stats)
+        return [list(total)] + [list(NO_COUNTS) for _ in range(n_rows - 1)]
 
-    def _position_rows(self, positions: list[tuple[int, list[int]]], model_inputs: dict) -> list[list[int]]:
+    def _position_rows(self, positions: list[tuple[int, Sequence[int]]], model_inputs: dict) -> list[list[int]]:
         """The changed positions in pack coordinates, found by replaying the stock packing order.
 
         Only the printed example uses them: a pack whose contents do not match the replay gets no positions.
@@ -307,11 +324,23 @@ class RejectionPackedSupervisedDatasetProcessor(RejectionSupervisedDatasetProces
         return rows if len(rows) == n_rows else [[] for _ in range(n_rows)]
 
 
-def _finish_deferred_patch() -> None:
-    """Importing this module imports LLaMA-Factory's loader, whose start-up patch needs the classes above."""
-    from . import patches
+# LLaMA-Factory's choice -> ours; a subclass of a stock class (another plugin's) is not ours to replace
+_OURS = {
+    SupervisedDatasetProcessor: RejectionSupervisedDatasetProcessor,
+    PackedSupervisedDatasetProcessor: RejectionPackedSupervisedDatasetProcessor,
+}
 
-    patches.patch_pending()
 
+def rejection_processor(chosen: Any) -> RejectionSupervisedDatasetProcessor:
+    """Our counterpart of the supervised processor LLaMA-Factory's factory chose, built from the same fields."""
+    ours = _OURS.get(type(chosen))
+    if ours is None:
+        raise ConfigError(
+            f"rejection_mask_eos is set, but LLaMA-Factory chose {type(chosen).__module__}.{type(chosen).__name__} "
+            "to tokenize this sft dataset, not its SupervisedDatasetProcessor or PackedSupervisedDatasetProcessor; "
+            "another plugin replaced it, so the rejection-align processor cannot take its place"
+        )
 
-_finish_deferred_patch()
+    return ours(
+        template=chosen.template, tokenizer=chosen.tokenizer, processor=chosen.processor, data_args=chosen.data_args
+    )

@@ -11,20 +11,40 @@ the method is on, and compare it with the current settings before LLaMA-Factory 
 """
 
 import functools
-import json
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 from ..errors import ConfigError
 from ..files import atomic_write_json
-from .processor import settings_of
-from .settings import RejectionSettings
+from .settings import RejectionSettings, settings_of
+from .targets import LOADER_MODULE
 
 
 RECORD_NAME = "rejection_align.json"
-LOADER_MODULE = "llamafactory.data.loader"
-_MARK = "__rejection_align__"
+RECORD_FORMAT = 1
+
+
+class SavedSettings(msgspec.Struct):
+    """The settings a dataset was tokenized with, under their YAML key names (``RejectionSettings.to_dict()``)."""
+
+    rejection_mask_eos: bool
+    rejection_mask_mode: Literal["mask", "drop"]
+    rejection_sentences: list[str]
+    rejection_match: Literal["exact", "contains"]
+
+
+class Record(msgspec.Struct):
+    """``rejection_align.json``: ``{"format": 1, "settings": {...}}``."""
+
+    format: int
+    settings: SavedSettings
+
+
+_DECODER = msgspec.json.Decoder(Record)
 
 
 def effective_settings(data_args: Any, stage: str) -> RejectionSettings | None:
@@ -39,12 +59,20 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
         return None
 
     try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-        return dict(data["settings"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(
-            f"{record}: unreadable rejection-align record ({err}); delete {path} to tokenize again."
-        ) from err
+        saved = _DECODER.decode(record.read_bytes())
+    except OSError as err:
+        problem = f"cannot be read ({err.strerror or err})"
+    except msgspec.ValidationError as err:  # only its JSON path is used: msgspec's wording changes between releases
+        where = re.search(r"`(\$[^`]*)`", str(err))
+        problem = "does not hold the settings rejection-align writes" + (f" (at {where[1]})" if where else "")
+    except msgspec.DecodeError:
+        problem = "is not valid JSON"
+    else:
+        if saved.format == RECORD_FORMAT:
+            return msgspec.structs.asdict(saved.settings)
+        problem = f"has format {saved.format}, this rejection-align reads format {RECORD_FORMAT}"
+
+    raise ConfigError(f"{record} {problem}; delete {path} to tokenize again.")
 
 
 def write_record(path: str | Path, settings: RejectionSettings | None) -> None:
@@ -54,7 +82,7 @@ def write_record(path: str | Path, settings: RejectionSettings | None) -> None:
         record.unlink(missing_ok=True)
         return
 
-    atomic_write_json(record, {"format": 1, "settings": settings.to_dict()})
+    atomic_write_json(record, msgspec.to_builtins(Record(RECORD_FORMAT, SavedSettings(**settings.to_dict()))))
 
 
 def _describe(settings: dict[str, Any] | None) -> str:
@@ -102,5 +130,4 @@ def wrap_get_dataset(original: Any) -> Any:
             write_record(path, current)
         return result
 
-    setattr(get_dataset, _MARK, True)
     return get_dataset

@@ -1,4 +1,6 @@
-"""The ``rejection_*`` keys of a LLaMA-Factory YAML (DESIGN.md §3.1): parsing, validation, and matching answers."""
+"""The ``rejection_*`` keys of a LLaMA-Factory YAML: parsing, validation, matching answers, and how the settings ride
+on LLaMA-Factory's ``DataArguments`` (:func:`attach` / :func:`settings_of`, the one channel; docs/architecture.md).
+"""
 
 import difflib
 from dataclasses import dataclass, field
@@ -48,6 +50,29 @@ class RejectionSettings:
             "rejection_sentences": list(self.sentences),
             "rejection_match": self.match,
         }
+
+
+# the attribute of LLaMA-Factory's DataArguments that carries the settings; read and written only by the pair below
+_ATTRIBUTE = "rejection_align"
+
+
+def attach(data_args: Any, settings: RejectionSettings) -> None:
+    """Give LLaMA-Factory's parsed ``data_args`` the settings of this run.
+
+    ``data_args`` goes wherever the processor goes: pickled (dill) into ``datasets``' preprocessing workers and
+    hashed into its cache fingerprint, so settings carried here reach every worker and key the cache. (A module
+    global or an environment variable would do neither.)
+    """
+    if not isinstance(settings, RejectionSettings):
+        raise TypeError(f"attach() takes RejectionSettings, got {type(settings).__name__}")
+
+    setattr(data_args, _ATTRIBUTE, settings)
+
+
+def settings_of(data_args: Any) -> RejectionSettings | None:
+    """The settings :func:`attach` gave ``data_args`` when the method is on; None means stock LLaMA-Factory."""
+    settings = getattr(data_args, _ATTRIBUTE, None)
+    return settings if isinstance(settings, RejectionSettings) and settings.mask_eos else None
 
 
 def _unknown_key_error(key: str) -> ConfigError:
