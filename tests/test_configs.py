@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 SENTENCE = "I'm sorry, but I cannot assist with your request"
 
-# DESIGN.md section 4.2: model -> (HF id, template, per-device batch, DeepSpeed JSON or None); plus Qwen2.5-VL
+# The paper's training runs (docs/training.md, "The configs"): model -> (HF id, template, per-device batch, DeepSpeed JSON or None); plus Qwen2.5-VL
 # (issue 9: not a paper run, the paper's LoRA hyperparameters on LLaMA-Factory's qwen2_vl template)
 PAPER_RUNS = {
     "llava1_5_7b": ("llava-hf/llava-1.5-7b-hf", "llava", 16, None),
@@ -123,7 +123,7 @@ _PARSE_SCRIPT = """
 import json, sys
 import llamafactory.data.loader
 from llamafactory.hparams.parser import get_train_args
-from rejection_align.hook.processor import settings_of
+from rejection_align.hook.settings import settings_of
 
 results = {}
 for name, config in json.load(sys.stdin).items():

@@ -1,7 +1,7 @@
 """The processors against LLaMA-Factory's real templates, with a tokenizer built on the spot.
 
 The oracle is independent of the implementation: it finds the rejection sentence's tokens in the stock output
-and expects the template's own closing tokens (DESIGN.md §6) right after them.
+and expects the template's own closing tokens (docs/architecture.md, "The processor") right after them.
 """
 
 import pytest
