@@ -146,7 +146,7 @@ def test_a_newer_results_file_for_the_same_task_replaces_the_older(tmp_path):
     [
         ("missing", "is not a folder"),
         ("neither", "holds neither summary.json"),
-        ("bad_summary", "not a judge summary"),
+        ("bad_summary", "summary.json: files is an integer, expected a list"),
         ("bad_results", "not an lmms-eval results file"),
         ("duplicate_label", "two runs are labelled 'a'"),
         ("other_limit", "scienceqa_img exact_match: run a counts 3 answers, run b 5"),

@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
+from ..constants import DEFAULT_REJECTION_SENTENCE  # noqa: F401 (the data commands' default)
 from ..errors import DataError
-from ..hook.settings import DEFAULT_SENTENCE as DEFAULT_REJECTION_SENTENCE  # noqa: F401 (the data commands' default)
 from . import json_problems
 
 

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ..constants import IGNORE_INDEX
 from ..data.records import DEFAULT_REJECTION_SENTENCE as SENTENCE
 from ..errors import ConfigError
-from ..hook.masking import IGNORE_INDEX
 
 
 if TYPE_CHECKING:

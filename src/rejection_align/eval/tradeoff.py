@@ -22,7 +22,8 @@ from typing import Any
 from ..errors import DataError
 from ..files import atomic_open, atomic_write_json, atomic_write_text
 from .benchmarks import parse_json, read_text
-from .judge import SUMMARY_NAME, check_summary
+from .judge import SUMMARY_NAME
+from .summary import validate as validate_summary
 
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def _rows_of(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def read_safety(directory: Path, run: Run) -> None:
     path = directory / SUMMARY_NAME
     summary = parse_json(read_text(path), f"{path}: the file")
-    check_summary(summary, path)
+    validate_summary(summary, path)  # the judge's own schema and consistency checks; the dict is read below
     for column, row in _rows_of(summary):
         if column in run.safety:
             raise DataError(f"run {run.label}: {column} comes from two judge folders ({path} is the second)")

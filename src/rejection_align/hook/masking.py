@@ -9,8 +9,8 @@ processor then checks that layout against the real output before touching anythi
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
+from ..constants import IGNORE_INDEX  # noqa: F401 (re-exported: processor and tests read it here)
 
-IGNORE_INDEX = -100
 
 # how a closing position may be treated in "drop" mode
 TOKEN = "token"  # a real input token that only closes the answer: may be removed

@@ -6,10 +6,11 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..constants import DEFAULT_REJECTION_SENTENCE
 from ..errors import ConfigError
 
 
-DEFAULT_SENTENCE = "I'm sorry, but I cannot assist with your request"
+DEFAULT_SENTENCE = DEFAULT_REJECTION_SENTENCE  # the name the hook has always used
 KEY_PREFIX = "rejection_"
 VALID_KEYS = ("rejection_mask_eos", "rejection_mask_mode", "rejection_sentences", "rejection_match")
 MASK_MODES = ("mask", "drop")
