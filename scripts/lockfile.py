@@ -5,8 +5,8 @@ Standard library only, run by the set-up scripts with whatever Python is at hand
 
     lockfile.py write REPORT LOCK --leg NAME --spec TEXT [--extras E] [--exclude NAME ...]
                                                    pip's --report JSON (a dry-run resolution) -> a lock file
-    lockfile.py constraints LOCK                   the lock as constraints for this machine, on stdout: on another
-                                                   platform the torch family (whose builds differ) is left out
+    lockfile.py constraints LOCK [--without-torch] the lock as constraints for this machine, on stdout: on another
+                                                   platform (or when asked) the torch family is left out
     lockfile.py extras LOCK                        what this interpreter has installed beyond the lock and nothing
                                                    else needs (run it with the environment's own python)
     lockfile.py check LOCK                         installed versions that differ from the lock (exit 1 if any)
@@ -88,10 +88,12 @@ def cmd_constraints(args: argparse.Namespace) -> int:
     same = made_on is None or made_on == this_platform()
     for line in text.splitlines():
         pin = read_pins(line)
-        if pin and not same and TORCH_FAMILY.match(next(iter(pin))):
+        if pin and (args.without_torch or not same) and TORCH_FAMILY.match(next(iter(pin))):
             continue
         print(line)
-    if not same:
+    if args.without_torch:
+        print("# (torch family left out: the torch build is another package's choice)")
+    elif not same:
         print(f"# ({made_on} lock used on {this_platform()}: torch family left to this platform's torch pair)")
     return 0
 
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         one = sub.add_parser(name)
         one.add_argument("lock")
         one.set_defaults(run=run)
+        if name == "constraints":
+            one.add_argument("--without-torch", action="store_true", help="leave the torch family out (vLLM's)")
     diff = sub.add_parser("diff")
     diff.add_argument("old")
     diff.add_argument("new")
