@@ -6,6 +6,7 @@
 #   lfmain          LLaMA-Factory main from $VENDOR_DIR/llamafactory-main-*.tar.gz, editable
 #                                                                         lock: scripts/locks/lfmain.txt
 #   msgspec-oldest  lf095's lock with msgspec at pyproject.toml's lower bound
+#   latest          the newest versions pyproject's ranges allow (no lock: resolved on the spot)
 # Every leg asks for the same torch/torchvision pair (below) and rejection-align editable with the lock's extras.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,6 +37,7 @@ leg_requirements() {
     lf095|msgspec-oldest) LEG_REQS+=("llamafactory==0.9.5") ;;
     lf094) LEG_REQS+=("llamafactory==0.9.4" "transformers>=4.57.1,<4.58") ;;
     lfmain) LEG_REQS+=(-e "$clone") ;;
+    latest) ;;  # llamafactory: whatever pyproject's range allows
     *) echo "[setup] unknown leg '$leg'" >&2; return 2 ;;
   esac
   LEG_REQS+=(-e "$ROOT[$extras]")

@@ -6,6 +6,8 @@
 #                       source snapshot ($VENDOR_DIR/llamafactory-main-*.tar.gz), the way most users install it;
 #                       LEG_SKIP is set when the snapshot is absent
 #   LEG=msgspec-oldest  scripts/locks/lf095.txt with msgspec at pyproject.toml's lower bound (read from there)
+#   LEG=latest          no lock: the newest versions pyproject's ranges allow, resolved now ($LEG_VENV/lock.txt);
+#                       LEG_DRIFT is set to what differs from scripts/locks/lf095.txt
 # The environment starts as a hard-linked copy of .venv (torch's GBs are not unpacked again). Re-installs only when
 # pyproject.toml, the lock, the set-up scripts or the snapshot change.
 set -euo pipefail
@@ -14,6 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/legs.sh"
 LEG_VENV=$ROOT/.venv-$LEG
 BASE_VENV=${REJECTION_ALIGN_VENV:-$ROOT/.venv}
 LEG_SKIP=""
+LEG_DRIFT=""
 source_id=""
 
 case "$LEG" in
@@ -25,7 +28,7 @@ case "$LEG" in
     fi
     source_id=$(basename "$snapshot")
     ;;
-  lf094|msgspec-oldest) ;;
+  lf094|msgspec-oldest|latest) ;;
   *) echo "[setup] unknown leg '$LEG'" >&2; return 2 2>/dev/null || exit 2 ;;
 esac
 
@@ -50,6 +53,13 @@ print(next(m.group(1) for d in deps if (m := re.match(r"msgspec\s*>=\s*([\w.]+)"
     lock=$LEG_VENV/lock.txt
     sed "s/^msgspec==.*/msgspec==$floor/" "$LOCKS/lf095.txt" > "$lock.new" && mv "$lock.new" "$lock"
     echo "[setup:$LEG] msgspec $floor (pyproject.toml's lower bound), everything else as scripts/locks/lf095.txt"
+    ;;
+  latest)
+    lock=$LEG_VENV/lock.txt
+    resolve_lock latest "$lock.new" "$extras"
+    mv "$lock.new" "$lock"
+    LEG_DRIFT=$("$PYTHON" "$ROOT/scripts/lockfile.py" diff "$LOCKS/lf095.txt" "$lock")
+    echo "[setup:$LEG] $LEG_DRIFT"
     ;;
 esac
 

@@ -14,6 +14,9 @@
 #                                   msgspec-oldest  the data error-message tests (OLDEST_MSGSPEC_TESTS below) with
 #                                                   msgspec at pyproject.toml's lower bound (.venv-msgspec-oldest)
 #   REJECTION_ALIGN_LEGS="0.9.4 main" bash scripts/test.sh     only those legs
+#   REJECTION_ALIGN_LEGS=latest bash scripts/test.sh          the drift leg (never by default): the full suite in
+#                                   .venv-latest, the newest versions pyproject's ranges allow (no lock), and which
+#                                   packages differ from locks/lf095.txt
 #   bash scripts/test.sh ARGS     pytest ARGS in .venv only (e.g. -q tests/hook -k drop)
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,6 +54,7 @@ run_leg() {
       echo "$LEG_SKIP" > "$LOGS/$name.notice"
       exit 99
     fi
+    [ -z "${LEG_DRIFT:-}" ] || echo "$LEG_DRIFT" > "$LOGS/$name.drift"
     cd "$ROOT"
     echo "[leg $name] $(python -c 'import importlib.metadata as m; print(*(f"{p} {m.version(p)}" for p in ("llamafactory", "transformers", "torch", "msgspec")), sep=", ")')"
     set +e
@@ -75,9 +79,13 @@ run_leg 0.9.4 "LLaMA-Factory 0.9.4" 'LEG=lf094; source "$HERE/setup_leg.sh"' -q 
 run_leg main "LLaMA-Factory main" 'LEG=lfmain; source "$HERE/setup_leg.sh"' -q "${LEG_TESTS[@]}"
 run_leg msgspec-oldest "oldest msgspec allowed, data error messages" \
   'LEG=msgspec-oldest; source "$HERE/setup_leg.sh"' -q "${OLDEST_MSGSPEC_TESTS[@]}"
+run_leg latest "latest (newest versions the ranges allow)" 'LEG=latest; source "$HERE/setup_leg.sh"' -q
 
 echo "=============================== summary ==============================="
 printf "%s\n" "${summary[@]}"
 echo "all legs: ${SECONDS}s"
+if [ -f "$LOGS/latest.drift" ]; then
+  echo "latest vs scripts/locks/lf095.txt: $(cat "$LOGS/latest.drift")"
+fi
 rm -rf "$LOGS"
 exit "$failed"
