@@ -4,8 +4,8 @@
 #       model and a tiny Qwen2-VL, without and with a LoRA adapter: examples/s of both, answers compared;
 #   (b) `llamafactory-cli train`, a fixed number of steps, rejection_mask_eos true vs false: samples/s of both;
 #   (c) bf16 answers at batch size 8 vs 1.
-# One summary table: bench/results/gpu_summary.md (+ .json). The checks take about 6 minutes on an H100/H200-class
-# GPU (budget: 8); making the environment the first time takes a few more.
+# One summary table: bench/results/gpu_summary.md (+ .json). The checks are sized to take under 8 minutes on an
+# H100/H200-class GPU (not yet run on one); making the environment the first time takes a few more.
 #
 #   bash bench/gpu/run.sh             on the GPU machine: makes .venv-gpu (LLaMA-Factory 0.9.5 and the rest at the
 #                                     versions of scripts/locks/lf095.txt, except torch, which vLLM chooses; vLLM;
