@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's virtual environment and install rejection-align into it, editable.
-# Sourced by scripts/demo.sh and scripts/test.sh; re-installs only when pyproject.toml or this file change.
+# Create (or reuse) the project's virtual environment: torch, LLaMA-Factory 0.9.5 and rejection-align (editable) at
+# the versions of the lock scripts/locks/lf095.txt (docs/development.md). Sourced by scripts/demo.sh and
+# scripts/test.sh; re-installs only when pyproject.toml, the lock or the set-up scripts change.
+# REJECTION_ALIGN_VENV=DIR puts the environment elsewhere (default: .venv in the repository).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$(dirname "${BASH_SOURCE[0]}")/legs.sh"
 VENV=${REJECTION_ALIGN_VENV:-$ROOT/.venv}
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+lock=$LOCKS/lf095.txt
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $PYTHON"
@@ -13,22 +15,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.rejection-align-installed"
-want=$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" | sha256sum | cut -d' ' -f1)
+want=$(stamp_of "$ROOT/scripts/setup_env.sh" "$lock")
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[setup] installing torch and rejection-align into $VENV (first time: a few minutes)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  # A torch/torchvision pair whose wheels import together (PyPI's torchvision does not import beside
-  # every torch build); LLaMA-Factory 0.9.5 needs both.
-  case "$(uname -m)" in
-    aarch64|arm64) torch_pair="torch==2.9.1 torchvision==0.24.1" ;;
-    *) torch_pair="torch==2.14.1 torchvision==0.29.1" ;;
-  esac
-  # shellcheck disable=SC2086
-  "$VENV/bin/python" -m pip install -q $torch_pair
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
-  # byte-compile the start-up modules now: an editable install leaves them to be compiled at every interpreter
-  # start when PYTHONDONTWRITEBYTECODE is set
-  "$VENV/bin/python" -m compileall -q "$ROOT/src/rejection_align" >/dev/null || true
+  echo "[setup] installing torch, LLaMA-Factory 0.9.5 and rejection-align into $VENV, versions from" \
+    "scripts/locks/lf095.txt (first time: a few minutes)"
+  leg_requirements lf095 "$(lock_extras "$lock")"
+  locked_install "$VENV" "$lock" "${LEG_REQS[@]}"
   echo "$want" > "$stamp"
 fi
 
