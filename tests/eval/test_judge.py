@@ -548,3 +548,22 @@ def test_a_full_disk_leaves_the_previous_report_set_whole(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "asr.png: File too large" in done.stderr and "Traceback" not in done.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old set whole, no staging folder left
+
+
+def test_the_judge_command_line_parses_into_judge_options_with_the_declared_defaults():
+    import argparse
+
+    from rejection_align.eval.judge import DEFAULT_SENTENCE, JudgeOptions, add_arguments
+    from rejection_align.options import from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    plain = from_args(JudgeOptions, parser.parse_args(["a.jsonl", "b", "--out", "o"]))
+    assert plain == JudgeOptions(paths=("a.jsonl", "b"), out="o")
+    defaults = ((DEFAULT_SENTENCE,), ("string",), 8, 0.05)
+    assert (plain.sentences, plain.judge, plain.judge_concurrency, plain.max_unparsed) == defaults
+    given = from_args(JudgeOptions, parser.parse_args(
+        ["--out", "o", "--compare", "x", "y", "--labels", "A", "B", "--judge", "string", "llm", "--max-unparsed", "0"]
+    ))  # fmt: skip
+    expected = ((), ("x", "y"), ("A", "B"), ("string", "llm"), 0.0)
+    assert (given.paths, given.compare, given.labels, given.judge, given.max_unparsed) == expected

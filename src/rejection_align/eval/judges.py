@@ -125,20 +125,9 @@ class JudgeSpec:
         return [{"role": "user", "content": fill_prompt(self.prompt_template or default_prompt(), prompt, text)}]
 
 
-@dataclass(frozen=True)
-class JudgeOptions:
-    """How the model judges run (``--judge-*``); the string judge needs none of it."""
-
-    endpoint: str | None = None
-    model: str | None = None
-    api_key_env: str | None = None
-    prompt_file: str | None = None
-    concurrency: int = 8
-    batch_size: int = 8
-    max_unparsed: float = 0.05
-
-
-def specs_for(judges: Sequence[str], options: JudgeOptions) -> list[JudgeSpec]:
+def specs_for(
+    judges: Sequence[str], *, model: str | None = None, endpoint: str | None = None, prompt_file: str | None = None
+) -> list[JudgeSpec]:
     """Check the model judges' options (bad ones are input errors, before anything is read or loaded)."""
     specs = []
     for name in dict.fromkeys(judges):
@@ -146,15 +135,15 @@ def specs_for(judges: Sequence[str], options: JudgeOptions) -> list[JudgeSpec]:
             raise DataError(f"unknown judge {name!r}; choose from {', '.join(JUDGES)}")
         if name == "string":
             continue
-        if not options.model:
+        if not model:
             raise DataError(f"--judge {name} needs --judge-model (a served model name, or a local checkpoint path)")
-        if name == "llm" and not options.endpoint:
+        if name == "llm" and not endpoint:
             raise DataError("--judge llm needs --judge-endpoint URL (an OpenAI-compatible server)")
         template = None
         if name == "llm":
-            template = read_prompt_template(options.prompt_file) if options.prompt_file else default_prompt()
-        specs.append(JudgeSpec(name, options.model, options.endpoint, template))
-    if options.prompt_file and not any(spec.kind == "llm" for spec in specs):
+            template = read_prompt_template(prompt_file) if prompt_file else default_prompt()
+        specs.append(JudgeSpec(name, model, endpoint, template))
+    if prompt_file and not any(spec.kind == "llm" for spec in specs):
         raise DataError("--judge-prompt goes with --judge llm")
     return specs
 
