@@ -120,11 +120,18 @@ def classify(answer: str) -> Label:
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Turn FILE_OR_DIR arguments into result files: a directory means its ``*.json``/``*.jsonl`` files, sorted."""
+    """Turn FILE_OR_DIR arguments into result files: a directory means its ``*.json``/``*.jsonl`` files, sorted.
+
+    A file reached twice (given twice, or a link beside the file it points to) is an error, since its answers would
+    count twice; so is a result name that is a link to nothing, which would silently leave answers out.
+    """
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
+            for entry in sorted(path.iterdir()):
+                if _is_result_name(entry.name) and entry.is_symlink() and not entry.exists():
+                    raise DataError(f"{entry}: a link to {os.readlink(entry)}, which does not exist")
             found = sorted(p for p in path.iterdir() if p.is_file() and _is_result_name(p.name))
             if not found:
                 nested = sorted(str(p.relative_to(path)) for p in path.iterdir() if p.is_dir() and _has_results(p))
@@ -138,8 +145,17 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
                     "made from, or the folder holding it to --compare"
                 )
             files.append(path)
+        elif path.is_symlink():
+            raise DataError(f"{path}: a link to {os.readlink(path)}, which does not exist")
         else:
             raise DataError(f"{path}: no such file or directory")
+    seen: dict[Path, Path] = {}
+    for file in files:
+        real = file.resolve()
+        if real in seen:
+            same = "given twice" if seen[real] == file else f"the same file as {seen[real]}"
+            raise DataError(f"{file}: {same}; its answers would be counted twice")
+        seen[real] = file
     return files
 
 
@@ -177,9 +193,35 @@ def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 f"{path}: record {i} (id {record.get('id')!r}) has no string 'continuation' ({got}); "
                 'expected records like {"prompt": ..., "continuation": ...}'
             )
+        _check_types(path, i, record)
     if not records:
         raise DataError(f"{path}: holds no records (no answers to judge)")
     return records
+
+
+# Fields a record may hold besides ``continuation``, and what each must be when present (null: absent).
+_ID_TYPES = (str, int)
+_TEXT_FIELDS = ("prompt", "mode", "scenario")
+
+
+def _check_types(path: Path, i: int, record: dict[str, Any]) -> None:
+    """Ids are strings or integers and the text fields strings: anything else would be stringified or ignored
+    (an id ``true`` read as ``"True"``, a ``prompt`` of 5 judged as an empty prompt, a ``mode`` of 5 dropped)."""
+    rid = record.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, _ID_TYPES)):
+        raise DataError(f'{path}: record {i} has "id": {_shown(rid)}, {_kind(rid)}; expected a string or an integer')
+    for name in _TEXT_FIELDS:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            raise DataError(
+                f"{path}: record {i} (id {rid!r}) has {json.dumps(name)}: {_shown(value)}, {_kind(value)}; "
+                "expected a string"
+            )
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def count(labels: Iterable[Label]) -> dict[str, Any]:
@@ -207,8 +249,9 @@ def _is_benign(path: Path, records: Sequence[dict[str, Any]], benign: bool) -> b
         # "benign": "false" is truthy: a string there would hide a compliant answer among the benign ones
         if "benign" in record and not isinstance(record["benign"], bool):
             raise DataError(
-                f'{path}: record {i} (id {record.get("id")!r}) has "benign": {json.dumps(record["benign"])}, '
-                f"{_kind(record['benign'])}; expected true or false (a JSON boolean)"
+                f'{path}: record {i} (id {record.get("id")!r}) has "benign": {json.dumps(record["benign"])}'
+                f"{'' if record['benign'] is None else ', ' + _kind(record['benign'])}; expected true or false "
+                "(a JSON boolean)"
             )
     if benign:
         return True
@@ -307,6 +350,16 @@ def opening(answer: str, sentences: Sequence[str] = (DEFAULT_SENTENCE,)) -> tupl
             rest = text[len(core) :].lstrip(".!?;:, \t\r\n")
             return len(rest.split()), rest
     return None
+
+
+def _check_sentences(sentences: Sequence[str]) -> None:
+    """A sentence with nothing to match (empty, blank, punctuation only) would silently count no openings."""
+    for sentence in sentences:
+        if not sentence.strip().rstrip(".!?;:,").strip():
+            raise DataError(
+                f"--sentences {sentence!r}: nothing to match once the spaces and closing punctuation are left out; "
+                "give the rejection sentence itself"
+            )
 
 
 def _opening_counts(answers: Sequence[Answer]) -> dict[str, Any]:
@@ -499,6 +552,7 @@ def summarize(
     judges the summary gets ``agreement``; their verdicts are saved to ``judgments_path`` as they come (and reused).
     ``options``: how they run (the ``judge_*`` fields of :class:`JudgeOptions`); its ``judge`` list is ``judges``.
     """
+    _check_sentences(sentences)
     if options is not None:
         options = replace(options, judge=tuple(judges))
         specs = options.specs()
@@ -531,20 +585,30 @@ def load_run(path: str | os.PathLike, *, benign: bool = False) -> dict[str, Any]
     return summarize([path], benign=benign)
 
 
+_JSON_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "an object", type(None): "null"}  # fmt: skip
+
+
 def _kind(value: Any) -> str:
-    name = type(value).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+    """What a JSON value is, in JSON's words (``a string``, ``null``), for messages."""
+    return _JSON_KINDS.get(type(value), f"a {type(value).__name__}")
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 1 or more, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {text}")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}") from None
     if not 0.0 <= value <= 1.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text}")
     return value
@@ -702,6 +766,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = from_args(JudgeOptions, args)
     out = Path(options.out)
+    report.check_out_dir(out)  # before any judging: a model judge's hour must not end in "File exists"
     if options.compare:
         if options.paths:
             raise DataError("give either FILE_OR_DIR arguments or --compare RUN_A RUN_B, not both")
@@ -711,6 +776,9 @@ def run(args: argparse.Namespace) -> int:
                 + " ".join(options.labels)
             )
         labels = list(options.labels or [_run_label(p) for p in options.compare])
+        if options.labels is not None and (not all(label.strip() for label in labels) or labels[0] == labels[1]):
+            raise DataError(f"--labels {labels[0]!r} {labels[1]!r}: give two different, non-empty names (the "
+                            "table's columns A and B)")  # fmt: skip
         runs = [load_run(p, benign=options.benign) for p in options.compare]
         comparison = report.compare(runs[0], runs[1], labels=labels, allow_mismatch=options.allow_mismatch)
         written = report.write_compare(comparison, out)

@@ -45,6 +45,12 @@ PREFLIGHT = ("How do I bake bread?", "Mix flour, water, salt and yeast, let it r
 _VERDICT = re.compile(r"\s*(?:(?P<safe>safe)|unsafe(?:[ \t]*\n\s*(?P<codes>S\d+(?:[ \t]*,[ \t]*S\d+)*))?)\s*")
 
 
+# transport errors that mean no connection was made (else something answered, but not in HTTP)
+_NOT_CONNECTED = frozenset(
+    {"ConnectError", "ConnectTimeout", "UnsupportedProtocol", "InvalidURL", "LocalProtocolError"}
+)
+
+
 class JudgeUnavailable(RejectionAlignError):
     """The judge's endpoint or model cannot be used (unreachable, unknown model, refused key): nothing written."""
 
@@ -263,7 +269,13 @@ class EndpointBackend:
         if isinstance(err, o.APITimeoutError):
             return JudgeUnavailable(f"{where}: timed out")
         if isinstance(err, o.APIConnectionError):
-            return JudgeUnavailable(f"{where}: cannot connect ({err.__cause__ or err})")
+            cause = err.__cause__ or err
+            detail = str(cause) or type(cause).__name__
+            # by name: the client's transport is httpx or, in newer openai releases, its renamed copy httpx2
+            if cause is err or type(cause).__name__ in _NOT_CONNECTED:
+                return JudgeUnavailable(f"{where}: cannot connect ({detail})")
+            # connected, but what answered does not speak HTTP (another service on the port) or hung up
+            return JudgeUnavailable(f"{where}: no HTTP answer ({detail}); is it an OpenAI-compatible server?")
         if isinstance(err, (o.AuthenticationError, o.PermissionDeniedError)):
             key = (
                 f"the key in ${self.key_env}" if self.key_env else "no key (set OPENAI_API_KEY or --judge-api-key-env)"
