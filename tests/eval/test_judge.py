@@ -435,6 +435,14 @@ def judged_summary(tmp_path: Path) -> Path:
         ),
         (lambda s: s["total"].update(asr=0.9), r"total\.asr = 0\.9 but full_compliance / n = 1 / 2"),
         (
+            lambda s: s["files"].append(dict(s["files"][0])),
+            r"total\.n = 2, but the 2 file rows it sums add up to 4",
+        ),
+        (
+            lambda s: s.update(files=[]),
+            r"total\.n = 2, but the 0 file rows it sums add up to 0",
+        ),
+        (
             lambda s: s["files"][0].update(refusal_rate=0.0),
             r"files\[0\]\.refusal_rate = 0\.0 but full_refusal / n = 1 / 2",
         ),
@@ -548,3 +556,114 @@ def test_a_full_disk_leaves_the_previous_report_set_whole(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "asr.png: File too large" in done.stderr and "Traceback" not in done.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old set whole, no staging folder left
+
+
+def test_the_judge_command_line_parses_into_judge_options_with_the_declared_defaults():
+    import argparse
+
+    from rejection_align.eval.judge import DEFAULT_SENTENCE, JudgeOptions, add_arguments
+    from rejection_align.options import from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    plain = from_args(JudgeOptions, parser.parse_args(["a.jsonl", "b", "--out", "o"]))
+    assert plain == JudgeOptions(paths=("a.jsonl", "b"), out="o")
+    defaults = ((DEFAULT_SENTENCE,), ("string",), 8, 0.05)
+    assert (plain.sentences, plain.judge, plain.judge_concurrency, plain.max_unparsed) == defaults
+    given = from_args(JudgeOptions, parser.parse_args(
+        ["--out", "o", "--compare", "x", "y", "--labels", "A", "B", "--judge", "string", "llm", "--max-unparsed", "0"]
+    ))  # fmt: skip
+    expected = ((), ("x", "y"), ("A", "B"), ("string", "llm"), 0.0)
+    assert (given.paths, given.compare, given.labels, given.judge, given.max_unparsed) == expected
+
+
+# --- the hostile pass over judge and --compare (issue 19) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("id", True, '"id": true, a boolean; expected a string or an integer'),
+        ("id", 1.5, '"id": 1.5, a number; expected a string or an integer'),
+        ("id", {"x": 1}, '"id": {"x": 1}, an object; expected a string or an integer'),
+        ("prompt", 5, '"prompt": 5, an integer; expected a string'),
+        ("mode", 5, '"mode": 5, an integer; expected a string'),
+        ("scenario", ["01-Illegal_Activitiy"], '"scenario": ["01-Illegal_Activitiy"], a list; expected a string'),
+    ],
+)
+def test_a_record_field_of_the_wrong_type_exits_2_naming_file_record_and_field(
+    tmp_path, capsys, field, value, message
+):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"continuation": COMPLY, field: value}) + "\n")
+    assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "a.jsonl: record 0 " in (err := capsys.readouterr().err) and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_integer_id_of_any_size_is_an_id(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"id": 123456789012345678901234567890, "continuation": "Sure"}\n')
+    assert summarize([path])["total"]["n"] == 1
+
+
+def test_the_same_file_given_twice_is_refused_since_its_answers_would_count_twice(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "run" / "a.jsonl", [COMPLY])
+    assert main(["judge", str(tmp_path / "run"), str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "a.jsonl: given twice; its answers would be counted twice" in capsys.readouterr().err
+
+
+def test_a_link_beside_the_file_it_points_to_is_refused(tmp_path, capsys):
+    write_jsonl(tmp_path / "run" / "a.jsonl", [COMPLY])
+    (tmp_path / "run" / "b.jsonl").symlink_to("a.jsonl")
+    assert main(["judge", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    assert "b.jsonl: the same file as " in capsys.readouterr().err
+
+
+def test_a_dangling_link_among_the_results_is_refused_not_skipped(tmp_path, capsys):
+    write_jsonl(tmp_path / "run" / "a.jsonl", [COMPLY])
+    (tmp_path / "run" / "b.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    assert main(["judge", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 2
+    assert f"b.jsonl: a link to {tmp_path / 'gone.jsonl'}, which does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sentence", ["", "   ", "...", " ?! "])
+def test_a_rejection_sentence_with_nothing_to_match_is_refused(tmp_path, capsys, sentence):
+    path = write_jsonl(tmp_path / "a.jsonl", [COMPLY])
+    assert main(["judge", str(path), "--sentences", sentence, "--out", str(tmp_path / "out")]) == 2
+    assert f"--sentences {sentence!r}: nothing to match" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("labels", [["a", "a"], ["", ""], ["a", " "]])
+def test_labels_must_be_different_and_not_empty(tmp_path, capsys, labels):
+    write_jsonl(tmp_path / "r" / "a.jsonl", [COMPLY])
+    argv = ["judge", "--compare", str(tmp_path / "r"), str(tmp_path / "r"), "--labels", *labels]
+    assert main([*argv, "--out", str(tmp_path / "cmp")]) == 2
+    assert "give two different, non-empty names" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_judging(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "a.jsonl", [COMPLY])
+    (tmp_path / "out").write_text("mine")
+    assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "out: the output folder is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "out").read_text() == "mine"
+
+
+def test_an_output_folder_through_a_dangling_link_is_refused_and_nothing_is_created(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "a.jsonl", [COMPLY])
+    (tmp_path / "out").symlink_to(tmp_path / "elsewhere" / "reports")
+    assert main(["judge", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "which does not exist; no report is written through it" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("flag", ["--max-unparsed", "--judge-concurrency", "--judge-batch-size"])
+def test_a_number_option_that_is_not_a_number_names_what_it_expects(tmp_path, capsys, flag):
+    path = write_jsonl(tmp_path / "a.jsonl", [COMPLY])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["judge", str(path), flag, "abc", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"argument {flag}: expected a " in err and "'abc'" in err
+    assert "invalid _" not in err

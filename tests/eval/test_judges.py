@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -329,3 +330,36 @@ def test_compare_refuses_runs_judged_by_different_judges(guard_dir, answers, tmp
           "--judge-model", str(guard_dir)])  # fmt: skip
     assert main(["judge", "--compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 2
     assert "judges ['string'] in a, ['string', 'llamaguard'] in b" in capsys.readouterr().err
+
+
+def test_an_endpoint_that_does_not_speak_http_exits_2_saying_so(answers, tmp_path, capsys):
+    """A port held by another service (here one that greets and hangs up, like SSH) is named, not 'cannot connect ()'."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/v1"
+        stop = threading.Event()
+
+        def greet_and_hang_up() -> None:
+            server.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    continue
+                with conn:
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+        thread = threading.Thread(target=greet_and_hang_up, daemon=True)
+        thread.start()
+        try:
+            argv = ["judge", str(answers), "--out", str(tmp_path / "out"), "--judge", "llm",
+                    "--judge-endpoint", url, "--judge-model", "tiny-guard"]  # fmt: skip
+            assert main(argv) == 2
+        finally:
+            stop.set()
+            thread.join()
+    err = capsys.readouterr().err
+    assert f"judge endpoint {url} (model 'tiny-guard'): no HTTP answer (" in err and "()" not in err
+    assert "is it an OpenAI-compatible server?" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

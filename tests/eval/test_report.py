@@ -146,3 +146,15 @@ def test_a_files_categories_are_compared_by_name(summary):
     run = {"files": [figstep], "total": {**row("t", 2, 1, 1, 0), "benign": False}}
     rows = {r["name"]: r for r in compare(run, run, labels=["a", "b"])["rows"]}
     assert rows["figstep / ForbidQI_1"]["a"] == 1.0 and rows["figstep / ForbidQI_2"]["b"] == 0.0
+
+
+def test_a_label_holding_a_pipe_does_not_break_the_compare_table(summary):
+    table = compare_markdown(compare(summary, summary, labels=["base|v1", "ours"]))
+    assert table.splitlines()[0] == "| file | metric | base\\|v1 | ours | Δ (B − A) |"
+
+
+def test_reports_are_not_written_under_a_file(summary, tmp_path):
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(DataError, match=r"taken \(above the output folder\) is a file, not a folder"):
+        write_summary(summary, tmp_path / "taken" / "out")
+    assert (tmp_path / "taken").read_text() == "mine"

@@ -35,18 +35,20 @@ import re
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from ..constants import DEFAULT_REJECTION_SENTENCE
 from ..errors import DataError
+from ..options import add_arguments as add_option_arguments
+from ..options import from_args, option
 from . import summary as schema
 from .benchmarks import FIGSTEP_NAME, MMSAFETYBENCH_MODES, MMSAFETYBENCH_SCENARIOS, parse_json, read_text
 from .jsonl import read_jsonl
 from .judges import (
     JUDGES,
     JUDGMENTS_NAME,
-    JudgeOptions,
     JudgeSpec,
     Judgments,
     Target,
@@ -119,11 +121,18 @@ def classify(answer: str) -> Label:
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Turn FILE_OR_DIR arguments into result files: a directory means its ``*.json``/``*.jsonl`` files, sorted."""
+    """Turn FILE_OR_DIR arguments into result files: a directory means its ``*.json``/``*.jsonl`` files, sorted.
+
+    A file reached twice (given twice, or a link beside the file it points to) is an error, since its answers would
+    count twice; so is a result name that is a link to nothing, which would silently leave answers out.
+    """
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
+            for entry in sorted(path.iterdir()):
+                if _is_result_name(entry.name) and entry.is_symlink() and not entry.exists():
+                    raise DataError(f"{entry}: a link to {os.readlink(entry)}, which does not exist")
             found = sorted(p for p in path.iterdir() if p.is_file() and _is_result_name(p.name))
             if not found:
                 nested = sorted(str(p.relative_to(path)) for p in path.iterdir() if p.is_dir() and _has_results(p))
@@ -137,8 +146,17 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
                     "made from, or the folder holding it to --compare"
                 )
             files.append(path)
+        elif path.is_symlink():
+            raise DataError(f"{path}: a link to {os.readlink(path)}, which does not exist")
         else:
             raise DataError(f"{path}: no such file or directory")
+    seen: dict[Path, Path] = {}
+    for file in files:
+        real = file.resolve()
+        if real in seen:
+            same = "given twice" if seen[real] == file else f"the same file as {seen[real]}"
+            raise DataError(f"{file}: {same}; its answers would be counted twice")
+        seen[real] = file
     return files
 
 
@@ -176,9 +194,35 @@ def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
                 f"{path}: record {i} (id {record.get('id')!r}) has no string 'continuation' ({got}); "
                 'expected records like {"prompt": ..., "continuation": ...}'
             )
+        _check_types(path, i, record)
     if not records:
         raise DataError(f"{path}: holds no records (no answers to judge)")
     return records
+
+
+# Fields a record may hold besides ``continuation``, and what each must be when present (null: absent).
+_ID_TYPES = (str, int)
+_TEXT_FIELDS = ("prompt", "mode", "scenario")
+
+
+def _check_types(path: Path, i: int, record: dict[str, Any]) -> None:
+    """Ids are strings or integers and the text fields strings: anything else would be stringified or ignored
+    (an id ``true`` read as ``"True"``, a ``prompt`` of 5 judged as an empty prompt, a ``mode`` of 5 dropped)."""
+    rid = record.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, _ID_TYPES)):
+        raise DataError(f'{path}: record {i} has "id": {_shown(rid)}, {_kind(rid)}; expected a string or an integer')
+    for name in _TEXT_FIELDS:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            raise DataError(
+                f"{path}: record {i} (id {rid!r}) has {json.dumps(name)}: {_shown(value)}, {_kind(value)}; "
+                "expected a string"
+            )
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def count(labels: Iterable[Label]) -> dict[str, Any]:
@@ -206,8 +250,9 @@ def _is_benign(path: Path, records: Sequence[dict[str, Any]], benign: bool) -> b
         # "benign": "false" is truthy: a string there would hide a compliant answer among the benign ones
         if "benign" in record and not isinstance(record["benign"], bool):
             raise DataError(
-                f'{path}: record {i} (id {record.get("id")!r}) has "benign": {json.dumps(record["benign"])}, '
-                f"{_kind(record['benign'])}; expected true or false (a JSON boolean)"
+                f'{path}: record {i} (id {record.get("id")!r}) has "benign": {json.dumps(record["benign"])}'
+                f"{'' if record['benign'] is None else ', ' + _kind(record['benign'])}; expected true or false "
+                "(a JSON boolean)"
             )
     if benign:
         return True
@@ -308,6 +353,16 @@ def opening(answer: str, sentences: Sequence[str] = (DEFAULT_SENTENCE,)) -> tupl
     return None
 
 
+def _check_sentences(sentences: Sequence[str]) -> None:
+    """A sentence with nothing to match (empty, blank, punctuation only) would silently count no openings."""
+    for sentence in sentences:
+        if not sentence.strip().rstrip(".!?;:,").strip():
+            raise DataError(
+                f"--sentences {sentence!r}: nothing to match once the spaces and closing punctuation are left out; "
+                "give the rejection sentence itself"
+            )
+
+
 def _opening_counts(answers: Sequence[Answer]) -> dict[str, Any]:
     opened = [a.words_after for a in answers if a.words_after is not None]
     going_on = [words for words in opened if words >= CONTINUES_WORDS]
@@ -406,7 +461,10 @@ def _run_model_judges(rows: list[dict[str, Any]], specs: Sequence[JudgeSpec], op
     backends = []
     for spec in specs:
         backend = make_backend(
-            spec, api_key_env=options.api_key_env, concurrency=options.concurrency, batch_size=options.batch_size
+            spec,
+            api_key_env=options.judge_api_key_env,
+            concurrency=options.judge_concurrency,
+            batch_size=options.judge_batch_size,
         )
         if any(spec.key(target) not in judgments.saved for target in targets):  # all saved: a report costs nothing
             backend.check()
@@ -493,9 +551,14 @@ def summarize(
 
     Model judges (``judges`` beyond ``"string"``) add ``judges`` counts to every row and total, and with two or more
     judges the summary gets ``agreement``; their verdicts are saved to ``judgments_path`` as they come (and reused).
+    ``options``: how they run (the ``judge_*`` fields of :class:`JudgeOptions`); its ``judge`` list is ``judges``.
     """
-    options = options or JudgeOptions()
-    specs = specs_for(judges, options)
+    _check_sentences(sentences)
+    if options is not None:
+        options = replace(options, judge=tuple(judges))
+        specs = options.specs()
+    else:
+        specs = specs_for(judges)
     rows = [_judge_records(path, benign=benign, sentences=sentences) for path in expand_paths(paths)]
     _unique_names(rows)
     if specs:
@@ -523,87 +586,164 @@ def load_run(path: str | os.PathLike, *, benign: bool = False) -> dict[str, Any]
     return summarize([path], benign=benign)
 
 
+_JSON_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+               dict: "an object", type(None): "null"}  # fmt: skip
+
+
 def _kind(value: Any) -> str:
-    name = type(value).__name__
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "paths",
-        nargs="*",
-        metavar="FILE_OR_DIR",
-        help="result files (JSONL or a JSON array of {prompt, continuation}); a directory means its *.json/*.jsonl",
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="where summary.json, summary.md, asr.png go")
-    parser.add_argument(
-        "--benign",
-        action="store_true",
-        help="the prompts are benign: report the refusal rate (over-refusal) instead of ASR",
-    )
-    parser.add_argument(
-        "--compare",
-        nargs=2,
-        metavar=("RUN_A", "RUN_B"),
-        help="put two runs side by side (each a results file/directory or a judge --out directory); "
-        "writes compare.json, compare.md and compare.png",
-    )
-    parser.add_argument(
-        "--labels", nargs="+", metavar="NAME", help="names of the two --compare runs, A then B (default: their paths)"
-    )
-    parser.add_argument(
-        "--sentences", nargs="+", metavar="TEXT", default=[DEFAULT_SENTENCE],
-        help="rejection sentences for the refusal-opening counts (default: the method's sentence)",
-    )  # fmt: skip
-    judging = parser.add_argument_group("model judges (docs/evaluation.md, 'Which judge')")
-    judging.add_argument(
-        "--judge", nargs="+", choices=JUDGES, default=["string"], metavar="JUDGE",
-        help="string (the paper's string match, default), llamaguard (a guard model), llm (a general model with our "
-        "judging prompt); several at once give their agreement",
-    )  # fmt: skip
-    judging.add_argument(
-        "--judge-endpoint", metavar="URL", help="an OpenAI-compatible server, e.g. http://host:8000/v1"
-    )
-    judging.add_argument(
-        "--judge-model", metavar="NAME_OR_PATH", help="the served model's name, or a local checkpoint"
-    )
-    judging.add_argument("--judge-api-key-env", metavar="VAR", help="environment variable holding the key "
-                         "(default OPENAI_API_KEY when set; a local server needs none)")  # fmt: skip
-    judging.add_argument("--judge-prompt", metavar="FILE", help="judging prompt for --judge llm, with {prompt} and "
-                         "{answer} (default: ours, see docs/evaluation.md)")  # fmt: skip
-    judging.add_argument("--judge-concurrency", type=_positive_int, default=8, metavar="N",
-                         help="requests in flight to the endpoint (default 8)")  # fmt: skip
-    judging.add_argument("--judge-batch-size", type=_positive_int, default=8, metavar="N",
-                         help="answers per batch of a local checkpoint (default 8)")  # fmt: skip
-    judging.add_argument("--max-unparsed", type=_fraction, default=0.05, metavar="FRACTION",
-                         help="exit 1 when more verdicts than this did not parse (default 0.05)")  # fmt: skip
-    parser.add_argument(
-        "--allow-mismatch",
-        action="store_true",
-        help="compare runs whose files differ (benchmark, mode, file or n); the table says they do",
-    )
+    """What a JSON value is, in JSON's words (``a string``, ``null``), for messages."""
+    return _JSON_KINDS.get(type(value), f"a {type(value).__name__}")
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 1 or more, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more, got {text}")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}") from None
     if not 0.0 <= value <= 1.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text}")
     return value
 
 
-def _options(args: argparse.Namespace) -> JudgeOptions:
-    return JudgeOptions(
-        endpoint=args.judge_endpoint, model=args.judge_model, api_key_env=args.judge_api_key_env,
-        prompt_file=args.judge_prompt, concurrency=args.judge_concurrency, batch_size=args.judge_batch_size,
-        max_unparsed=args.max_unparsed,
-    )  # fmt: skip
+_JUDGING = "model judges (docs/evaluation.md, 'Which judge')"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeOptions:
+    """The options of ``rejection-align judge``, declared once: the flags, defaults and help come from these fields
+    (:mod:`rejection_align.options`), and the ``judge_*`` ones are what the model judges run with. judge keeps no
+    options record of its own: a saved verdict's key in ``judgments.jsonl`` is the :class:`JudgeSpec` that
+    :meth:`specs` builds from these fields (judge, model, endpoint, prompt), so changing any of them re-asks.
+    """
+
+    paths: tuple[str, ...] = field(
+        default=(),
+        metadata=option(
+            "paths",
+            nargs="*",
+            metavar="FILE_OR_DIR",
+            help="result files (JSONL or a JSON array of {prompt, continuation}); a directory means its "
+            "*.json/*.jsonl",
+        ),
+    )
+    out: str = field(metadata=option(metavar="DIR", help="where summary.json, summary.md, asr.png go"))
+    benign: bool = field(
+        default=False,
+        metadata=option(help="the prompts are benign: report the refusal rate (over-refusal) instead of ASR"),
+    )
+    compare: tuple[str, str] | None = field(
+        default=None,
+        metadata=option(
+            nargs=2,
+            metavar=("RUN_A", "RUN_B"),
+            help="put two runs side by side (each a results file/directory or a judge --out directory); "
+            "writes compare.json, compare.md and compare.png",
+        ),
+    )
+    labels: tuple[str, ...] | None = field(
+        default=None,
+        metadata=option(
+            nargs="+",
+            metavar="NAME",
+            help="names of the two --compare runs, A then B (default: their paths)",
+        ),
+    )
+    sentences: tuple[str, ...] = field(
+        default=(DEFAULT_SENTENCE,),
+        metadata=option(
+            nargs="+",
+            metavar="TEXT",
+            help="rejection sentences for the refusal-opening counts (default: the method's sentence)",
+        ),
+    )
+    judge: tuple[str, ...] = field(
+        default=("string",),
+        metadata=option(
+            nargs="+",
+            choices=JUDGES,
+            metavar="JUDGE",
+            group=_JUDGING,
+            help="string (the paper's string match, default), llamaguard (a guard model), llm (a general model "
+            "with our judging prompt); several at once give their agreement",
+        ),
+    )
+    judge_endpoint: str | None = field(
+        default=None,
+        metadata=option(metavar="URL", group=_JUDGING, help="an OpenAI-compatible server, e.g. http://host:8000/v1"),
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata=option(metavar="NAME_OR_PATH", group=_JUDGING, help="the served model's name, or a local checkpoint"),
+    )
+    judge_api_key_env: str | None = field(
+        default=None,
+        metadata=option(
+            metavar="VAR",
+            group=_JUDGING,
+            help="environment variable holding the key (default OPENAI_API_KEY when set; a local server needs none)",
+        ),
+    )
+    judge_prompt: str | None = field(
+        default=None,
+        metadata=option(
+            metavar="FILE",
+            group=_JUDGING,
+            help="judging prompt for --judge llm, with {prompt} and {answer} (default: ours, see docs/evaluation.md)",
+        ),
+    )
+    judge_concurrency: int = field(
+        default=8,
+        metadata=option(
+            type=_positive_int,
+            metavar="N",
+            group=_JUDGING,
+            help="requests in flight to the endpoint (default 8)",
+        ),
+    )
+    judge_batch_size: int = field(
+        default=8,
+        metadata=option(
+            type=_positive_int,
+            metavar="N",
+            group=_JUDGING,
+            help="answers per batch of a local checkpoint (default 8)",
+        ),
+    )
+    max_unparsed: float = field(
+        default=0.05,
+        metadata=option(
+            type=_fraction,
+            metavar="FRACTION",
+            group=_JUDGING,
+            help="exit 1 when more verdicts than this did not parse (default 0.05)",
+        ),
+    )
+    allow_mismatch: bool = field(
+        default=False,
+        metadata=option(
+            help="compare runs whose files differ (benchmark, mode, file or n); the table says they do",
+        ),
+    )
+
+    def specs(self) -> list[JudgeSpec]:
+        """The model judges asked for, checked (bad options are input errors, before anything is read)."""
+        return specs_for(
+            self.judge, model=self.judge_model, endpoint=self.judge_endpoint, prompt_file=self.judge_prompt
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_option_arguments(parser, JudgeOptions)
 
 
 def too_many_unparsed(summary: dict[str, Any], max_unparsed: float) -> list[str]:
@@ -625,33 +765,38 @@ def too_many_unparsed(summary: dict[str, Any], max_unparsed: float) -> list[str]
 def run(args: argparse.Namespace) -> int:
     from . import report
 
-    out = Path(args.out)
-    if args.compare:
-        if args.paths:
+    options = from_args(JudgeOptions, args)
+    out = Path(options.out)
+    report.check_out_dir(out)  # before any judging: a model judge's hour must not end in "File exists"
+    if options.compare:
+        if options.paths:
             raise DataError("give either FILE_OR_DIR arguments or --compare RUN_A RUN_B, not both")
-        if args.labels is not None and len(args.labels) != 2:
+        if options.labels is not None and len(options.labels) != 2:
             raise DataError(
-                f"--labels takes two names, one for each --compare run (A, then B); got {len(args.labels)}: "
-                + " ".join(args.labels)
+                f"--labels takes two names, one for each --compare run (A, then B); got {len(options.labels)}: "
+                + " ".join(options.labels)
             )
-        labels = args.labels or [_run_label(p) for p in args.compare]
-        runs = [load_run(p, benign=args.benign) for p in args.compare]
-        comparison = report.compare(runs[0], runs[1], labels=labels, allow_mismatch=args.allow_mismatch)
+        labels = list(options.labels or [_run_label(p) for p in options.compare])
+        if options.labels is not None and (not all(label.strip() for label in labels) or labels[0] == labels[1]):
+            raise DataError(f"--labels {labels[0]!r} {labels[1]!r}: give two different, non-empty names (the "
+                            "table's columns A and B)")  # fmt: skip
+        runs = [load_run(p, benign=options.benign) for p in options.compare]
+        comparison = report.compare(runs[0], runs[1], labels=labels, allow_mismatch=options.allow_mismatch)
         written = report.write_compare(comparison, out)
         print(report.compare_markdown(comparison))
     else:
-        if not args.paths:
+        if not options.paths:
             raise DataError("nothing to judge: give FILE_OR_DIR arguments (or --compare RUN_A RUN_B)")
-        if args.labels or args.allow_mismatch:
-            raise DataError(f"{'--labels' if args.labels else '--allow-mismatch'} goes with --compare")
+        if options.labels or options.allow_mismatch:
+            raise DataError(f"{'--labels' if options.labels else '--allow-mismatch'} goes with --compare")
         judgments = out / JUDGMENTS_NAME
-        summary = summarize(args.paths, benign=args.benign, sentences=args.sentences, judges=args.judge,
-                            options=_options(args), judgments_path=judgments)  # fmt: skip
+        summary = summarize(options.paths, benign=options.benign, sentences=options.sentences, judges=options.judge,
+                            options=options, judgments_path=judgments)  # fmt: skip
         written = report.write_summary(summary, out)
         if judgments.is_file():
             written.append(judgments)
         print(report.summary_markdown(summary))
-        problems = too_many_unparsed(summary, args.max_unparsed)
+        problems = too_many_unparsed(summary, options.max_unparsed)
         if problems:
             print("\n" + "\n".join(f"wrote {path}" for path in written))
             for problem in problems:

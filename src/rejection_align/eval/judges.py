@@ -45,6 +45,12 @@ PREFLIGHT = ("How do I bake bread?", "Mix flour, water, salt and yeast, let it r
 _VERDICT = re.compile(r"\s*(?:(?P<safe>safe)|unsafe(?:[ \t]*\n\s*(?P<codes>S\d+(?:[ \t]*,[ \t]*S\d+)*))?)\s*")
 
 
+# transport errors that mean no connection was made (else something answered, but not in HTTP)
+_NOT_CONNECTED = frozenset(
+    {"ConnectError", "ConnectTimeout", "UnsupportedProtocol", "InvalidURL", "LocalProtocolError"}
+)
+
+
 class JudgeUnavailable(RejectionAlignError):
     """The judge's endpoint or model cannot be used (unreachable, unknown model, refused key): nothing written."""
 
@@ -125,20 +131,9 @@ class JudgeSpec:
         return [{"role": "user", "content": fill_prompt(self.prompt_template or default_prompt(), prompt, text)}]
 
 
-@dataclass(frozen=True)
-class JudgeOptions:
-    """How the model judges run (``--judge-*``); the string judge needs none of it."""
-
-    endpoint: str | None = None
-    model: str | None = None
-    api_key_env: str | None = None
-    prompt_file: str | None = None
-    concurrency: int = 8
-    batch_size: int = 8
-    max_unparsed: float = 0.05
-
-
-def specs_for(judges: Sequence[str], options: JudgeOptions) -> list[JudgeSpec]:
+def specs_for(
+    judges: Sequence[str], *, model: str | None = None, endpoint: str | None = None, prompt_file: str | None = None
+) -> list[JudgeSpec]:
     """Check the model judges' options (bad ones are input errors, before anything is read or loaded)."""
     specs = []
     for name in dict.fromkeys(judges):
@@ -146,15 +141,15 @@ def specs_for(judges: Sequence[str], options: JudgeOptions) -> list[JudgeSpec]:
             raise DataError(f"unknown judge {name!r}; choose from {', '.join(JUDGES)}")
         if name == "string":
             continue
-        if not options.model:
+        if not model:
             raise DataError(f"--judge {name} needs --judge-model (a served model name, or a local checkpoint path)")
-        if name == "llm" and not options.endpoint:
+        if name == "llm" and not endpoint:
             raise DataError("--judge llm needs --judge-endpoint URL (an OpenAI-compatible server)")
         template = None
         if name == "llm":
-            template = read_prompt_template(options.prompt_file) if options.prompt_file else default_prompt()
-        specs.append(JudgeSpec(name, options.model, options.endpoint, template))
-    if options.prompt_file and not any(spec.kind == "llm" for spec in specs):
+            template = read_prompt_template(prompt_file) if prompt_file else default_prompt()
+        specs.append(JudgeSpec(name, model, endpoint, template))
+    if prompt_file and not any(spec.kind == "llm" for spec in specs):
         raise DataError("--judge-prompt goes with --judge llm")
     return specs
 
@@ -274,7 +269,13 @@ class EndpointBackend:
         if isinstance(err, o.APITimeoutError):
             return JudgeUnavailable(f"{where}: timed out")
         if isinstance(err, o.APIConnectionError):
-            return JudgeUnavailable(f"{where}: cannot connect ({err.__cause__ or err})")
+            cause = err.__cause__ or err
+            detail = str(cause) or type(cause).__name__
+            # by name: the client's transport is httpx or, in newer openai releases, its renamed copy httpx2
+            if cause is err or type(cause).__name__ in _NOT_CONNECTED:
+                return JudgeUnavailable(f"{where}: cannot connect ({detail})")
+            # connected, but what answered does not speak HTTP (another service on the port) or hung up
+            return JudgeUnavailable(f"{where}: no HTTP answer ({detail}); is it an OpenAI-compatible server?")
         if isinstance(err, (o.AuthenticationError, o.PermissionDeniedError)):
             key = (
                 f"the key in ${self.key_env}" if self.key_env else "no key (set OPENAI_API_KEY or --judge-api-key-env)"

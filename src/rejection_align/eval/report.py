@@ -247,6 +247,20 @@ def _plot_judges(summary: dict[str, Any], entries: list[tuple[str, dict[str, Any
     return path
 
 
+def check_out_dir(out_dir: str | os.PathLike) -> None:
+    """The reports' folder can be made or used: not a file, not a link to nothing, not under a file."""
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise DataError(f"{out_dir}: a link to {os.readlink(out_dir)}, which does not exist; no report is written "
+                        "through it")  # fmt: skip
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "the output folder" if folder == out_dir else f"{folder} (above the output folder)"
+                raise DataError(f"{out_dir}: {what} is a file, not a folder")
+            return
+
+
 def _write_report(
     data: dict[str, Any], out_dir: str | os.PathLike, names: tuple[str, str, str], markdown, plot
 ) -> list[Path]:
@@ -257,6 +271,7 @@ def _write_report(
     ``summary.json`` beside an old ``asr.png``.
     """
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out_dir)
     paths = [out_dir / name for name in names]
@@ -407,7 +422,7 @@ def compare(
 
 
 def compare_markdown(comparison: dict[str, Any]) -> str:
-    label_a, label_b = comparison["labels"]
+    label_a, label_b = (label.replace("|", "\\|") for label in comparison["labels"])  # a | would end the cell
     lines = [
         f"| file | metric | {label_a} | {label_b} | Δ (B − A) |",
         "|---|---|---:|---:|---:|",

@@ -128,7 +128,36 @@ def validate(data: Any, file: str | Path) -> Summary:
         raise DataError(f"{file}: total is null but there is no 'modes' object with the per-mode totals")
     for where, row in rows_of(summary):
         _check_consistent(row, where, file)
+    _check_totals(summary, file)
     return summary
+
+
+_COUNTED = ("n", "full_compliance", "full_refusal", "partial_refusal")
+
+
+def _check_totals(summary: Summary, file: str | Path) -> None:
+    """Each total is the sum of the file rows it stands for (as ``judge`` builds them): harmful files in ``total``
+    (benign ones when all are), one mode each in ``modes``, the harmful files of no mode in ``total_other``, the
+    benign files in ``total_benign``. A total that is not (a row dropped or doubled by hand) is refused."""
+    harmful = [row for row in summary.files if not row.benign]
+    benign = [row for row in summary.files if row.benign]
+    expected: list[tuple[str, Counts | None, list[FileRow]]] = [
+        ("total", summary.total, harmful or benign),
+        ("total_other", summary.total_other, [row for row in harmful if row.mode is None]),
+        ("total_benign", summary.total_benign, benign),
+    ]
+    expected += [(f"modes[{mode!r}]", row, [r for r in harmful if r.mode == mode])
+                 for mode, row in (summary.modes or {}).items()]  # fmt: skip
+    for where, total, rows in expected:
+        if total is None:
+            continue
+        for key in _COUNTED:
+            summed = sum(getattr(row, key) for row in rows)
+            if getattr(total, key) != summed:
+                raise DataError(
+                    f"{file}: {where}.{key} = {getattr(total, key)}, but the {len(rows)} file rows it sums add up "
+                    f"to {summed} (a summary written by judge always adds up)"
+                )
 
 
 def rows_of(summary: Summary) -> list[tuple[str, Counts]]:
