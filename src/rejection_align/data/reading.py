@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from ..errors import DataError
-from . import json_problems
+from .. import json_problems
 from .forked import Forked
 from .records import (
     ANY,

@@ -21,7 +21,7 @@ import msgspec
 
 from ..constants import DEFAULT_REJECTION_SENTENCE  # noqa: F401 (the data commands' default)
 from ..errors import DataError
-from . import json_problems
+from .. import json_problems
 
 
 HUMAN = "human"
