@@ -312,6 +312,8 @@ class SchemaProblem(NamedTuple):
     expected: str  # the type expected there, in msgspec's spelling ("str | array | null")
     found: str  # the JSON type found ("int"); "" for a missing field
     missing: str = ""  # the name of a missing required field (then ``path`` is the object's)
+    unknown: str = ""  # a key a Struct that forbids unknown fields does not have (then ``path`` is the object's)
+    constraint: str = ""  # the bound the value breaks (``>= 0``, ``<= 1.0``), its type being right
 
 
 _KIND_ORDER = ("bool", "int", "float", "str", "object", "array", "null")
@@ -323,6 +325,8 @@ _KIND_OF_INFO = {
     msgspec.inspect.StructType: "object",
     msgspec.inspect.DictType: "object",
     msgspec.inspect.ListType: "array",
+    msgspec.inspect.TupleType: "array",
+    msgspec.inspect.VarTupleType: "array",
     msgspec.inspect.NoneType: "null",
 }
 _KIND_OF_VALUE = {
@@ -346,11 +350,13 @@ def _choices(info: Any) -> dict[str, Any]:
     members = info.types if isinstance(info, msgspec.inspect.UnionType) else (info,)
     out = {}
     for member in members:
-        if isinstance(member, msgspec.inspect.AnyType):
-            return {kind: member for kind in _KIND_ORDER}
+        if isinstance(member, msgspec.inspect.LiteralType):
+            out.update((json_kind(literal), member) for literal in member.values)
+            continue
         kind = _KIND_OF_INFO.get(type(member))
-        if kind is not None:
-            out[kind] = member
+        if kind is None:  # Any, Raw, or a type this walk does not know: accept anything rather than invent a problem
+            return {kind: member for kind in _KIND_ORDER}
+        out[kind] = member
     return out
 
 
@@ -372,16 +378,49 @@ def _problem_here(value: Any, info: Any, path: tuple[str | int, ...]) -> SchemaP
     if reader is None:
         return SchemaProblem(path, _expected(choices), json_kind(value))
     if isinstance(reader, msgspec.inspect.StructType):
+        if reader.forbid_unknown_fields:
+            names = {field.encode_name for field in reader.fields}
+            unknown = next((key for key in value if key not in names), None)
+            if unknown is not None:
+                return SchemaProblem(path, "object", "object", unknown=unknown)
         for field in reader.fields:
             if field.required and field.encode_name not in value:
                 return SchemaProblem(path, "object", "object", field.encode_name)
+    bound = _broken_bound(value, reader)
+    if bound:
+        return SchemaProblem(path, _expected({json_kind(value): reader}), json_kind(value), constraint=bound)
     return None
+
+
+_BOUNDS = (("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b), ("le", "<=", lambda v, b: v <= b),
+           ("lt", "<", lambda v, b: v < b), ("min_length", "of length >=", lambda v, b: len(v) >= b),
+           ("max_length", "of length <=", lambda v, b: len(v) <= b))  # fmt: skip
+
+
+def _broken_bound(value: Any, reader: Any) -> str:
+    """``>= 0`` when ``value`` breaks a bound of its schema type (``msgspec.Meta``), a literal's values; else ""."""
+    if isinstance(reader, msgspec.inspect.LiteralType):
+        return "" if value in reader.values else "in " + " | ".join(map(repr, reader.values))
+    if isinstance(reader, msgspec.inspect.TupleType) and len(value) != len(reader.item_types):
+        return f"of length {len(reader.item_types)}"
+    for name, words, holds in _BOUNDS:
+        bound = getattr(reader, name, None)
+        if bound is not None and not holds(value, bound):
+            return f"{words} {bound}"
+    pattern = getattr(reader, "pattern", None)
+    if pattern is not None and isinstance(value, str) and not re.search(pattern, value):
+        return f"matching {pattern!r}"
+    return ""
 
 
 def _children(value: Any, reader: Any) -> list[tuple[str | int, Any, Any]]:
     """(key, child value, child schema) of a value its schema type reads, in document order."""
-    if isinstance(reader, msgspec.inspect.ListType):
+    if isinstance(reader, msgspec.inspect.ListType | msgspec.inspect.VarTupleType):
         return [(index, item, reader.item_type) for index, item in enumerate(value)]
+    if isinstance(reader, msgspec.inspect.TupleType):
+        return list(zip(range(len(value)), value, reader.item_types, strict=False))
+    if isinstance(reader, msgspec.inspect.DictType):
+        return [(key, item, reader.value_type) for key, item in value.items()]
     if isinstance(reader, msgspec.inspect.StructType):
         fields = {field.encode_name: field.type for field in reader.fields}
         return [(key, item, fields[key]) for key, item in value.items() if key in fields]
@@ -424,8 +463,15 @@ def expected_at(info: Any, path: tuple[str | int, ...]) -> str | None:
     """The type the schema expects at ``path`` (None if the path leaves the schema)."""
     for key in path:
         choices = _choices(info)
-        if isinstance(key, int) and "array" in choices:
+        if isinstance(key, int) and isinstance(choices.get("array"), msgspec.inspect.TupleType):
+            types = choices["array"].item_types
+            if key >= len(types):
+                return None
+            info = types[key]
+        elif isinstance(key, int) and "array" in choices:
             info = choices["array"].item_type
+        elif isinstance(key, str) and isinstance(choices.get("object"), msgspec.inspect.DictType):
+            info = choices["object"].value_type
         elif isinstance(key, str) and isinstance(choices.get("object"), msgspec.inspect.StructType):
             fields = {field.encode_name: field.type for field in choices["object"].fields}
             if key not in fields:
@@ -434,3 +480,18 @@ def expected_at(info: Any, path: tuple[str | int, ...]) -> str | None:
         else:
             return None
     return _expected(_choices(info))
+
+
+def validation_problem(err: BaseException, value: Any, schema: Any) -> SchemaProblem | None:
+    """What is wrong with ``value`` (the generically decoded JSON) as a ``schema`` (a Struct or other type).
+
+    The one way every module turns a msgspec ``ValidationError`` into its own message: the error gives at most the
+    place (:func:`path_of`), the problem there is found by :func:`schema_problem`. None when the walk finds nothing
+    (then a caller says where, with :func:`expected_at`, and not what).
+    """
+    return schema_problem(value, msgspec.inspect.type_info(schema), path_of(err))
+
+
+def dotted(path: tuple[str | int, ...]) -> str:
+    """``files[0].n`` for ``("files", 0, "n")``; "" for the value itself."""
+    return "".join(f".{key}" if isinstance(key, str) else f"[{key}]" for key in path).lstrip(".")
