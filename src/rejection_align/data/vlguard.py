@@ -102,7 +102,9 @@ def _explain(err: msgspec.ValidationError, raw: msgspec.Raw, label: str, index: 
         path = json_problems.path_of(err) or ()
         expected = json_problems.expected_at(msgspec.inspect.type_info(VlguardRecord), path)
         place = json_problems.dotted(path)
-        return f"{_where(label, index, rid)}: {place + ': ' if place else ''}expected `{expected or 'a VLGuard record'}`"
+        return (
+            f"{_where(label, index, rid)}: {place + ': ' if place else ''}expected `{expected or 'a VLGuard record'}`"
+        )
     place = json_problems.dotted(problem.path)
     if problem.missing:
         return f"{_where(label, index, rid)}: {place + ' ' if place else ''}has no {problem.missing!r}"
