@@ -495,3 +495,14 @@ def validation_problem(err: BaseException, value: Any, schema: Any) -> SchemaPro
 def dotted(path: tuple[str | int, ...]) -> str:
     """``files[0].n`` for ``("files", 0, "n")``; "" for the value itself."""
     return "".join(f".{key}" if isinstance(key, str) else f"[{key}]" for key in path).lstrip(".")
+
+
+def problem_words(problem: SchemaProblem) -> str:
+    """A schema problem in a few words, without its place: ``expected `str | int`, got `float```."""
+    if problem.missing:
+        return f"missing the required field {problem.missing!r}"
+    if problem.unknown:
+        return f"object contains unknown field `{problem.unknown}`"
+    if problem.constraint:
+        return f"expected `{problem.expected}` {problem.constraint}"
+    return f"expected `{problem.expected}`, got `{problem.found}`"
