@@ -66,6 +66,10 @@ def decode_manifest(path: str | os.PathLike, kind: type) -> Any:
     except msgspec.ValidationError as err:
         try:
             value = msgspec.json.decode(data)
+        except msgspec.ValidationError:  # a number too large to read: say where, and what was expected there
+            value = None
+        except (msgspec.DecodeError, UnicodeDecodeError):  # (msgspec checks types before the broken part)
+            raise DataError(f"{path}: not a {kind.__name__} ({json_problems.describe(data)})") from None
         except (msgspec.MsgspecError, RecursionError):
             value = None
         problem = json_problems.validation_problem(err, value, kind) if value is not None else None

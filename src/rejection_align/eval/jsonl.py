@@ -103,10 +103,15 @@ def decode(data: bytes | str, decoder: msgspec.json.Decoder = _ANY, *, where: st
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as err:
-        if decoder is _ANY:  # no types asked for: a number JSON allows but msgspec cannot hold (beyond 64 bits)
-            raise DataError(f"{where} is not valid JSON here (a number out of the 64-bit range)") from None
+        if decoder.type is Any:  # no types asked for: a number JSON allows but msgspec cannot hold (1e400)
+            raise DataError(f"{where} is not valid JSON here (a number too large to read)") from None
         try:
             value = _ANY.decode(data)
+        except msgspec.ValidationError:  # a number too large to read: say where, and what was expected there
+            value = None
+        except (msgspec.DecodeError, UnicodeDecodeError):  # (msgspec checks types before the broken part)
+            why = explain(data)
+            raise DataError(f"{where}{': ' if why.startswith(('field', 'the value')) else ' is '}{why}") from None
         except (msgspec.MsgspecError, RecursionError):
             value = None
         problem = json_problems.validation_problem(err, value, decoder.type) if value is not None else None
@@ -121,7 +126,7 @@ def decode(data: bytes | str, decoder: msgspec.json.Decoder = _ANY, *, where: st
         raise DataError(f"{where}: {('field ' + repr(field) + ': ') if field else ''}{words}") from None
     except RecursionError:
         raise DataError(f"{where} is {MAX_DEPTH_WORDS}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # (msgspec 0.18 raised the latter for bad UTF-8 in a string)
         why = explain(data)
         raise DataError(f"{where}{': ' if why.startswith(('field', 'the value')) else ' is '}{why}") from None
 
@@ -188,7 +193,7 @@ def read_jsonl(
         except msgspec.ValidationError:  # (a DecodeError too: caught first) a wrong type is damage, cut or not
             decode(raw, decoder, where=where)  # raises the DataError that names the field
             raise
-        except (msgspec.DecodeError, RecursionError) as err:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as err:
             if is_cut and not isinstance(err, RecursionError) and explain(raw).startswith("not valid JSON"):
                 if cut_off == "error":
                     raise DataError(f"{where} is cut off (the file ends in the middle of a record)") from None
