@@ -6,7 +6,7 @@ the module that holds each name):
 - :mod:`.sharegpt`: the sharegpt encoding and the fast paths that copy plain-layout records;
 - :mod:`.writer`: :class:`JsonArrayWriter`;
 - :mod:`.images`: the check for missing images;
-- :mod:`.json_problems`: what is wrong with JSON that msgspec refused, found and worded by us.
+- :mod:`..json_problems`: what is wrong with JSON that msgspec refused, found and worded by us.
 """
 
 from .images import find_missing_images, missing_images_message

@@ -57,9 +57,25 @@ def encode_manifest(manifest: msgspec.Struct) -> str:
 
 def decode_manifest(path: str | os.PathLike, kind: type) -> Any:
     """A manifest read back and validated as ``kind``; a bad one is a DataError naming the file and the field."""
+    from .. import json_problems
     from ..errors import DataError
 
+    data = Path(path).read_bytes()
     try:
-        return msgspec.json.decode(Path(path).read_bytes(), type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as err:
-        raise DataError(f"{path}: not a {kind.__name__} ({err})") from None
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.ValidationError as err:
+        try:
+            value = msgspec.json.decode(data)
+        except msgspec.ValidationError:  # a number too large to read: say where, and what was expected there
+            value = None
+        except (msgspec.DecodeError, UnicodeDecodeError):  # (msgspec checks types before the broken part)
+            raise DataError(f"{path}: not a {kind.__name__} ({json_problems.describe(data)})") from None
+        except (msgspec.MsgspecError, RecursionError):
+            value = None
+        problem = json_problems.validation_problem(err, value, kind) if value is not None else None
+        where = json_problems.dotted(problem.path if problem else json_problems.path_of(err) or ())
+        words = json_problems.problem_words(problem) if problem else "not the expected layout"
+        raise DataError(f"{path}: not a {kind.__name__} ({where + ': ' if where else ''}{words})") from None
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else json_problems.describe(data)
+        raise DataError(f"{path}: not a {kind.__name__} ({why})") from None

@@ -47,7 +47,16 @@ from .outputs import (
 )
 from .progress import records_bar
 from .reading import LlavaFile, gc_paused
-from .records import DEFAULT_REJECTION_SENTENCE, GPT, HUMAN, IMAGE_TAG, is_follow_up, record_images, to_sharegpt
+from .records import (
+    DEFAULT_REJECTION_SENTENCE,
+    GPT,
+    HUMAN,
+    IMAGE_TAG,
+    is_follow_up,
+    record_images,
+    to_sharegpt,
+    validation_message,
+)
 from .registry import (
     add_deprecated_cache_arguments,
     check_output_dir,
@@ -588,7 +597,7 @@ def _image_pool(path: Path, instruct: LlavaFile) -> ImagePool:
             try:
                 image = _IMAGE_ONLY.decode(raw).image
             except msgspec.ValidationError as err:
-                raise DataError(f"{pool_file.label}: record {index}: 'image': {err}") from None
+                raise DataError(validation_message(err, raw, pool_file.label, index, _ImageOnly)) from None
             images.update(dict.fromkeys([image] if isinstance(image, str) else image or ()))
         return ImagePool(list(images), _input_record(pool_file))
     finally:

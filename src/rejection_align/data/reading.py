@@ -24,8 +24,8 @@ from typing import Any
 
 import msgspec
 
+from .. import json_problems
 from ..errors import DataError
-from . import json_problems
 from .forked import Forked
 from .records import (
     ANY,

@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
+from .. import json_problems
 from ..constants import DEFAULT_REJECTION_SENTENCE  # noqa: F401 (the data commands' default)
 from ..errors import DataError
-from . import json_problems
 
 
 HUMAN = "human"

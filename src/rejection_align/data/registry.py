@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import json_problems
 from ..errors import DataError
 from ..files import atomic_write_json, file_lock
 from ..options import add_arguments as add_option_arguments
 from ..options import from_args, option
-from . import json_problems
 from .sharegpt import SHAREGPT_COLUMNS
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import msgspec
 
+from .. import json_problems
 from ..errors import DataError
 from .records import GPT, HUMAN, IMAGE_TAG
 
@@ -81,7 +81,6 @@ class VlguardCounts(msgspec.Struct):
 _RECORD = msgspec.json.Decoder(VlguardRecord)
 _SPLIT = msgspec.json.Decoder(list[msgspec.Raw])
 _ANY = msgspec.json.Decoder()
-_PATH_PART = re.compile(r"\.([\w-]+)|\[(\d+)\]")
 
 
 def _where(label: str, index: int, rid: Any) -> str:
@@ -91,39 +90,56 @@ def _where(label: str, index: int, rid: Any) -> str:
 
 
 def _explain(err: msgspec.ValidationError, raw: msgspec.Raw, label: str, index: int) -> str:
-    """msgspec's ``Expected `bool`, got `str` - at `$.safe``` as ``file: record 3 (id 'x'): 'safe': expected ...``."""
+    """``file: record 3 (id 'x'): 'safe': expected `bool`, got `str```: the place from msgspec's error, the problem
+    found by our schema walk (``json_problems``), so the words do not change with msgspec's."""
     try:
         value = _ANY.decode(raw)
     except (msgspec.MsgspecError, RecursionError, ValueError):
         value = None
     rid = value.get("id") if isinstance(value, dict) else None
-    problem, _, path = str(err).partition(" - at `")
-    place = "".join(f".{key}" if key else f"[{number}]" for key, number in _PATH_PART.findall(path)).lstrip(".")
-    missing = re.match(r"Object missing required field `([\w-]+)`", problem)
-    if missing:
-        return f"{_where(label, index, rid)}: {place + ' ' if place else ''}has no {missing.group(1)!r}"
+    problem = json_problems.validation_problem(err, value, VlguardRecord) if value is not None else None
+    if problem is None:  # not decodable generically (or nothing found): say where, and what was expected there
+        path = json_problems.path_of(err) or ()
+        expected = json_problems.expected_at(msgspec.inspect.type_info(VlguardRecord), path)
+        place = json_problems.dotted(path)
+        return (
+            f"{_where(label, index, rid)}: {place + ': ' if place else ''}expected `{expected or 'a VLGuard record'}`"
+        )
+    place = json_problems.dotted(problem.path)
+    if problem.missing:
+        return f"{_where(label, index, rid)}: {place + ' ' if place else ''}has no {problem.missing!r}"
     if not place and not isinstance(value, dict):
         return f"{_where(label, index, rid)}: expected an object"
     if place == "id":
         return f"{label}: record {index} has id {rid!r} ({type(rid).__name__}), expected a string or an integer"
-    problem = problem[:1].lower() + problem[1:]
-    return f"{_where(label, index, rid)}: {place!r}: {problem}" if place else f"{_where(label, index, rid)}: {problem}"
+    if problem.unknown:
+        what = f"object contains unknown field `{problem.unknown}`"
+    else:
+        what = f"expected `{problem.expected}`" + (f" {problem.constraint}" if problem.constraint else "")
+        what += f", got `{problem.found}`" if not problem.constraint else ""
+    return f"{_where(label, index, rid)}: {place!r}: {what}" if place else f"{_where(label, index, rid)}: {what}"
 
 
 def read_vlguard(data: bytes, label: str) -> list[VlguardRecord]:
     """Every record decoded and checked; the first bad one is a DataError naming file, record and field."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
     try:
-        raws = _SPLIT.decode(data.removeprefix(b"\xef\xbb\xbf"))
-    except (msgspec.MsgspecError, RecursionError) as err:
-        raise DataError(f"{label}: not a JSON array of VLGuard records ({err})") from None
+        raws = _SPLIT.decode(data)
+    except RecursionError:
+        raise DataError(f"{label}: not a JSON array of VLGuard records (nested too deeply)") from None
+    except (msgspec.MsgspecError, UnicodeDecodeError) as err:
+        why = json_problems.why_refused(err, data)
+        raise DataError(f"{label}: not a JSON array of VLGuard records ({why})") from None
     records = []
     for index, raw in enumerate(raws):
         try:
             record = _RECORD.decode(raw)
         except msgspec.ValidationError as err:
             raise DataError(_explain(err, raw, label, index)) from None
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as err:
-            raise DataError(f"{label}: record {index}: not valid JSON ({err})") from None
+        except RecursionError:
+            raise DataError(f"{label}: record {index}: nested too deeply") from None
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise DataError(f"{label}: record {index}: {json_problems.describe(raw)}") from None
         _check(record, _where(label, index, record.id))
         records.append(record)
     return records

@@ -34,6 +34,7 @@ from typing import Any
 
 import msgspec
 
+from .. import json_problems
 from ..errors import DataError
 from . import jsonl
 from .records import PROMPT, PROMPTS, PromptRecord
@@ -346,7 +347,7 @@ def _prompt_record(path: Path, i: int, raw: Any) -> PromptRecord:
     try:
         return PROMPT.decode(raw)
     except msgspec.ValidationError as err:
-        field, message = jsonl.field_of(err)
+        field = jsonl.field_of(err)
         value = jsonl.decode(raw, where=f"{path}: record {i}")  # raises for invalid text (a lone surrogate, ...)
     except (msgspec.DecodeError, RecursionError):
         jsonl.decode(raw, where=f"{path}: record {i}")  # raises: says what is wrong
@@ -369,7 +370,9 @@ def _prompt_record(path: Path, i: int, raw: Any) -> PromptRecord:
             f"{path}: record {i}{rid_text}: 'image' is {_kind(wrong)}, expected a path "
             "(a string, or a list holding one)"
         ) from None
-    expected = _EXPECTED.get(name, message.lower())
+    expected = (
+        _EXPECTED.get(name) or f"`{json_problems.expected_at(msgspec.inspect.type_info(PromptRecord), (name,))}`"
+    )
     raise DataError(
         f"{path}: record {i}{rid_text}: {name!r} is {jsonl._kind(wrong)} ({json.dumps(wrong)[:40]}), "
         f"expected {expected}"

@@ -7,8 +7,10 @@ input files call it an error (``cut_off="error"``), since a prompt file that end
 line that does not parse, or does not have the expected types, is damage: a ``DataError`` naming file, line and field.
 
 Decoding goes through msgspec (a typed Struct per record kind, ``eval/records.py``). msgspec refuses what Python's
-``json`` lets through (NaN, a lone surrogate such as ``"\\ud800"``) but words some of it oddly ("Input data was
-truncated"), so a failed decode is explained by re-reading the text with ``json`` (``explain``).
+``json`` lets through (NaN, a lone surrogate such as ``"\\ud800"``), and its words change between releases, so no
+message quotes it or Python's ``json``: a failed decode is explained by ``explain`` (our UTF-8 check, grammar scanner
+and a walk for lone surrogates), a wrong type by ``rejection_align.json_problems`` (the place from msgspec's error,
+the problem from our schema walk).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +25,13 @@ from typing import Any, Literal
 
 import msgspec
 
+from .. import json_problems
 from ..errors import DataError
 
 
 logger = logging.getLogger(__name__)
 
 _ANY = msgspec.json.Decoder()
-_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 MAX_DEPTH_WORDS = "nested too deeply to read (more than about 1,000 levels)"
 
 
@@ -61,37 +62,40 @@ def _lone_surrogate(value: Any, path: str = "") -> str | None:
     return None
 
 
+class _Constant(ValueError):
+    """NaN or Infinity, which Python's ``json`` reads and JSON does not have."""
+
+
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
+    raise _Constant(name)
 
 
 def explain(data: bytes | str) -> str:
-    """Why ``data`` is not a valid JSON document, in words (msgspec's own message is terse or misleading)."""
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as err:
-            return f"not UTF-8 text ({err.reason} at byte {err.start})"
+    """Why ``data`` is not a valid JSON document, in our words (never msgspec's or ``json``'s)."""
+    if isinstance(data, str):
+        raw = data.encode("utf-8", "surrogatepass")
+    else:
+        raw, bad = data, json_problems.utf8_problem(data)
+        if bad is not None:
+            return f"not UTF-8 text ({bad})"
     try:
         value = json.loads(data, parse_constant=_refuse_constant)
     except RecursionError:
         return MAX_DEPTH_WORDS
-    except ValueError as err:  # JSONDecodeError, NaN, an integer too long to convert
-        return f"not valid JSON ({err})"
+    except _Constant as err:
+        return f"not valid JSON ({err.args[0]} is not a JSON value: JSON has no NaN or Infinity)"
+    except ValueError:  # not JSON (or an integer too long for Python): our scanner says where and what
+        return json_problems.describe(raw)
     where = _lone_surrogate(value)
     if where is not None:
         field = where.lstrip("$.")
         return f"{('field ' + repr(field)) if field else 'the value'} is not valid Unicode text (a lone surrogate)"
-    return "not valid JSON"
+    return json_problems.describe(raw)
 
 
-def field_of(err: msgspec.ValidationError) -> tuple[str, str]:
-    """(field path, message without the path) of a msgspec validation error: ``$.benign`` -> ``benign``."""
-    text = str(err)
-    match = _PATH.search(text)
-    if match is None:
-        return "", text
-    return match["path"].lstrip("."), text[: match.start()]
+def field_of(err: msgspec.ValidationError) -> str:
+    """The field a validation error is at (``benign``, ``[1].prompt``): its location only, never its words."""
+    return json_problems.dotted(json_problems.path_of(err) or ())
 
 
 def decode(data: bytes | str, decoder: msgspec.json.Decoder = _ANY, *, where: str) -> Any:
@@ -99,13 +103,30 @@ def decode(data: bytes | str, decoder: msgspec.json.Decoder = _ANY, *, where: st
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as err:
-        field, message = field_of(err)
-        if decoder is _ANY:  # no types asked for: a number JSON allows but msgspec cannot hold (beyond 64 bits)
-            raise DataError(f"{where} is not valid JSON here ({message.lower()})") from None
-        raise DataError(f"{where}: {('field ' + repr(field) + ': ') if field else ''}{message}") from None
+        if decoder.type is Any:  # no types asked for: a number JSON allows but msgspec cannot hold (1e400)
+            raise DataError(f"{where} is not valid JSON here (a number too large to read)") from None
+        try:
+            value = _ANY.decode(data)
+        except msgspec.ValidationError:  # a number too large to read: say where, and what was expected there
+            value = None
+        except (msgspec.DecodeError, UnicodeDecodeError):  # (msgspec checks types before the broken part)
+            why = explain(data)
+            raise DataError(f"{where}{': ' if why.startswith(('field', 'the value')) else ' is '}{why}") from None
+        except (msgspec.MsgspecError, RecursionError):
+            value = None
+        problem = json_problems.validation_problem(err, value, decoder.type) if value is not None else None
+        field = json_problems.dotted(problem.path) if problem else field_of(err)
+        if problem is None:
+            expected = json_problems.expected_at(
+                msgspec.inspect.type_info(decoder.type), json_problems.path_of(err) or ()
+            )
+            words = f"expected `{expected or 'the record layout'}`"
+        else:
+            words = json_problems.problem_words(problem)
+        raise DataError(f"{where}: {('field ' + repr(field) + ': ') if field else ''}{words}") from None
     except RecursionError:
         raise DataError(f"{where} is {MAX_DEPTH_WORDS}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # (msgspec 0.18 raised the latter for bad UTF-8 in a string)
         why = explain(data)
         raise DataError(f"{where}{': ' if why.startswith(('field', 'the value')) else ' is '}{why}") from None
 
@@ -172,7 +193,7 @@ def read_jsonl(
         except msgspec.ValidationError:  # (a DecodeError too: caught first) a wrong type is damage, cut or not
             decode(raw, decoder, where=where)  # raises the DataError that names the field
             raise
-        except (msgspec.DecodeError, RecursionError) as err:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as err:
             if is_cut and not isinstance(err, RecursionError) and explain(raw).startswith("not valid JSON"):
                 if cut_off == "error":
                     raise DataError(f"{where} is cut off (the file ends in the middle of a record)") from None

@@ -8,19 +8,19 @@ instead of a traceback (or, worse, a 200 % ASR). The field names and their order
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
+from .. import json_problems
 from ..errors import DataError
 
 
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Rate = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
-# How msgspec names JSON types in its messages -> how our messages name them.
+# How json_problems names JSON types -> how our messages name them.
 _TYPE_WORDS = {
     "object": "an object",
     "array": "a list",
@@ -95,27 +95,29 @@ class Summary(msgspec.Struct, kw_only=True, omit_defaults=True):
     agreement: list[Agreement] | None = None
 
 
-def _message(err: msgspec.ValidationError) -> str:
-    """msgspec's ``Expected `int`, got `str` - at `$.files[0].n``` as ``files[0].n is a string, expected ...``."""
-    text = str(err)
-    match = re.fullmatch(r"(?P<what>.*?)(?: - at `\$(?P<at>.*)`)?", text, flags=re.DOTALL)
-    what, at = match["what"], (match["at"] or "").lstrip(".").replace("[...]", "[…]")
-    where = at or "the summary"
-    words = re.fullmatch(r"Expected `([\w |]+)`, got `(\w+)`", what)
-    if words:
-        expected = " or ".join(_TYPE_WORDS.get(w, w) for w in words[1].split(" | ") if w != "null")
-        expected += " or null" if "null" in words[1].split(" | ") and expected else ""
-        got = _TYPE_WORDS.get(words[2], words[2])
-        if at == "" and expected == "an object":
-            return f"not a judge summary (it is {got}, expected an object with the keys 'files' and 'total')"
-        return f"{where} is {got}, expected {expected}"
-    missing = re.fullmatch(r"Object missing required field `(\w+)`", what)
-    if missing:
-        field = missing[1]
-        if at == "" and field in ("files", "total"):
+def _message(err: msgspec.ValidationError, data: Any) -> str:
+    """``files[0].n is a string, expected an integer``: the place from msgspec's error, the problem found by our
+    schema walk (``json_problems``), so the words do not change with msgspec's."""
+    problem = json_problems.validation_problem(err, data, Summary)
+    if problem is None:  # (msgspec refused what the walk accepts: say where, not what)
+        where = json_problems.dotted(json_problems.path_of(err) or ()) or "the summary"
+        return f"{where} does not fit the judge summary's layout"
+    at = json_problems.dotted(problem.path)
+    if problem.missing:
+        if not at and problem.missing in ("files", "total"):
             return "not a judge summary (expected an object with the keys 'files' and 'total')"
-        return f"{at + '.' if at else ''}{field} is missing"
-    return f"{where}: {what[:1].lower()}{what[1:]}"
+        return f"{at + '.' if at else ''}{problem.missing} is missing"
+    if problem.unknown:
+        return f"{at or 'the summary'} has the unknown key {problem.unknown!r}"
+    if problem.constraint:
+        return f"{at or 'the summary'}: expected `{problem.expected}` {problem.constraint}"
+    kinds = problem.expected.split(" | ")
+    expected = " or ".join(_TYPE_WORDS.get(w, w) for w in kinds if w != "null")
+    expected += " or null" if "null" in kinds and expected else ""
+    got = _TYPE_WORDS.get(problem.found, problem.found)
+    if not at and expected == "an object":
+        return f"not a judge summary (it is {got}, expected an object with the keys 'files' and 'total')"
+    return f"{at or 'the summary'} is {got}, expected {expected}"
 
 
 def validate(data: Any, file: str | Path) -> Summary:
@@ -123,7 +125,7 @@ def validate(data: Any, file: str | Path) -> Summary:
     try:
         summary = msgspec.convert(data, Summary)
     except msgspec.ValidationError as err:
-        raise DataError(f"{file}: {_message(err)}") from None
+        raise DataError(f"{file}: {_message(err, data)}") from None
     if summary.total is None and not summary.modes:
         raise DataError(f"{file}: total is null but there is no 'modes' object with the per-mode totals")
     for where, row in rows_of(summary):

@@ -11,7 +11,6 @@ the method is on, and compare it with the current settings before LLaMA-Factory 
 """
 
 import functools
-import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -63,8 +62,11 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
     except OSError as err:
         problem = f"cannot be read ({err.strerror or err})"
     except msgspec.ValidationError as err:  # only its JSON path is used: msgspec's wording changes between releases
-        where = re.search(r"`(\$[^`]*)`", str(err))
-        problem = "does not hold the settings rejection-align writes" + (f" (at {where[1]})" if where else "")
+        from ..json_problems import path_of  # (the error path only: msgspec.inspect stays out of the hook)
+
+        where = path_of(err)
+        at = "$" + "".join(f".{key}" if isinstance(key, str) else f"[{key}]" for key in where or ())
+        problem = "does not hold the settings rejection-align writes" + (f" (at {at})" if where else "")
     except msgspec.DecodeError:
         problem = "is not valid JSON"
     else:
