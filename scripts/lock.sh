@@ -7,10 +7,11 @@
 #
 #   bash scripts/lock.sh                  all three locks
 #   bash scripts/lock.sh lf094            only some (lf095, lf094, lfmain)
-#   EXTRAS=test,lmms bash scripts/lock.sh the extras of rejection-align to lock (comma-separated)
+#   EXTRAS=test bash scripts/lock.sh     the extras of rejection-align to lock (comma-separated), for every leg named;
+#                                         by default test,lmms for lf095 (the full suite runs the lmms-eval tests
+#                                         there) and test for the others
 set -euo pipefail
 
-EXTRAS=${EXTRAS:-test}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/legs.sh"
@@ -22,7 +23,8 @@ for leg in "${legs[@]}"; do
   start=$SECONDS
   out="$LOCKS/$leg.txt"
   tmp_out=$(mktemp)
-  if ! resolve_lock "$leg" "$tmp_out" "$EXTRAS"; then
+  extras=${EXTRAS:-$([ "$leg" = lf095 ] && echo test,lmms || echo test)}
+  if ! resolve_lock "$leg" "$tmp_out" "$extras"; then
     rm -f "$tmp_out"
     echo "[lock:$leg] FAILED: $out left as it was" >&2
     exit 1

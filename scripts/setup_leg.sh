@@ -46,13 +46,19 @@ extras=$(lock_extras "$LOCKS/lf095.txt")
 case "$LEG" in
   lf094|lfmain) lock=$LOCKS/$LEG.txt; extras=$(lock_extras "$lock") ;;
   msgspec-oldest)
-    # the lower bound of `msgspec>=X` in pyproject.toml, installed exactly
-    floor=$("$PYTHON" -c 'import re, sys, tomllib
+    # the lower bounds of `msgspec>=X` and `filelock>=Y` in pyproject.toml (the libraries whose errors and locking
+    # the data layer handles itself), installed exactly; the lmms extra (which needs a newer filelock) is left out
+    floors=$("$PYTHON" -c 'import re, sys, tomllib
 deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
-print(next(m.group(1) for d in deps if (m := re.match(r"msgspec\s*>=\s*([\w.]+)", d.strip()))))' "$ROOT/pyproject.toml")
+print(" ".join(f"{m.group(1)}=={m.group(2)}" for d in deps if (m := re.match(r"(msgspec|filelock)\s*>=\s*([\w.]+)", d.strip()))))' "$ROOT/pyproject.toml")
     lock=$LEG_VENV/lock.txt
-    sed "s/^msgspec==.*/msgspec==$floor/" "$LOCKS/lf095.txt" > "$lock.new" && mv "$lock.new" "$lock"
-    echo "[setup:$LEG] msgspec $floor (pyproject.toml's lower bound), everything else as scripts/locks/lf095.txt"
+    cp "$LOCKS/lf095.txt" "$lock.new"
+    for pin in $floors; do
+      sed -i "s/^${pin%%==*}==.*/$pin/" "$lock.new"
+    done
+    mv "$lock.new" "$lock"
+    extras=test
+    echo "[setup:$LEG] $floors (pyproject.toml's lower bounds), everything else as scripts/locks/lf095.txt"
     ;;
   latest)
     lock=$LEG_VENV/lock.txt

@@ -11,8 +11,8 @@
 #                                                   from $REJECTION_ALIGN_VENDOR_DIR/llamafactory-main-*.tar.gz
 #                                                   (default ../shared/vendor beside the repository; skipped with a
 #                                                   notice if absent), locks/lfmain.txt
-#                                   msgspec-oldest  the data error-message tests (OLDEST_MSGSPEC_TESTS below) with
-#                                                   msgspec at pyproject.toml's lower bound (.venv-msgspec-oldest)
+#                                   msgspec-oldest  the data tests (OLDEST_MSGSPEC_TESTS below) with msgspec and filelock
+#                                                   at pyproject.toml's lower bounds (.venv-msgspec-oldest)
 #   REJECTION_ALIGN_LEGS="0.9.4 main" bash scripts/test.sh     only those legs
 #   REJECTION_ALIGN_LEGS=latest bash scripts/test.sh          the drift leg (never by default): the full suite in
 #                                   .venv-latest, the newest versions pyproject's ranges allow (no lock), and which
@@ -31,9 +31,9 @@ fi
 # what depends on LLaMA-Factory's internals or on the transformers major version
 LEG_TESTS=(tests/hook tests/test_install.py tests/eval/test_prompt_parity.py tests/eval/test_generate.py
            tests/eval/test_qwen2_vl_e2e.py tests/demo)
-# the messages the data commands print for bad input, which must not depend on msgspec's own wording
-OLDEST_MSGSPEC_TESTS=(tests/data/test_llava_format.py tests/data/test_convert.py tests/data/test_mix.py
-                      -k "error or message or invalid")
+# the data layer under the oldest msgspec and filelock allowed: its error messages must not depend on msgspec's own
+# wording, and its file lock must hold with the oldest filelock
+OLDEST_MSGSPEC_TESTS=(tests/data)
 LOGS=$(mktemp -d)
 summary=()
 failed=0
