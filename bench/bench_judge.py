@@ -41,6 +41,20 @@ def timed(spec, backend, items) -> tuple[float, dict[int, str]]:
     return time.perf_counter() - start, raws
 
 
+def table_row(where: str, setting: str, spec, backend, items, first: dict[int, str] | None) -> tuple[str, dict]:
+    """One row of the table: ``backend`` timed on ``items``, its verdicts parsed and those equal to ``first`` (the raw
+    verdicts of the group's first row; this row's own when None). Returns the row and the group's first verdicts."""
+    from rejection_align.eval.judges import parse_verdict
+
+    backend.check()
+    seconds, raws = timed(spec, backend, items)
+    first = first or raws
+    n = len(items)
+    parsed = sum(parse_verdict(raw).label != "unparsed" for raw in raws.values())
+    same = sum(raws[i] == first[i] for i in raws)
+    return f"| {where} | {setting} | {seconds:.2f} | {n / seconds:.2f} | {parsed}/{n} | {same}/{n} |", first
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="where the tiny guard is built (reused when there)")
@@ -56,7 +70,7 @@ def main() -> int:
 
     from conftest import run_llamafactory_cli
     from rejection_align.demo.tiny import build_tiny_llava
-    from rejection_align.eval.judges import EndpointBackend, JudgeSpec, LocalBackend, parse_verdict
+    from rejection_align.eval.judges import EndpointBackend, JudgeSpec, LocalBackend
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,22 +91,15 @@ def main() -> int:
         first = None
         for concurrency in args.concurrency:
             backend = EndpointBackend(spec, api_key_env=None, concurrency=concurrency)
-            backend.check()
-            seconds, raws = timed(spec, backend, items)
-            first = first or raws
-            parsed = sum(parse_verdict(raw).label != "unparsed" for raw in raws.values())
-            lines.append(f"| endpoint (llamafactory-cli api) | concurrency {concurrency} | {seconds:.2f} | "
-                         f"{args.n / seconds:.2f} | {parsed}/{args.n} | {sum(raws[i] == first[i] for i in raws)}/{args.n} |")  # fmt: skip
+            setting = f"concurrency {concurrency}"
+            line, first = table_row("endpoint (llamafactory-cli api)", setting, spec, backend, items, first)
+            lines.append(line)
     spec = JudgeSpec("llamaguard", str(guard))
     first = None
     for batch_size in args.batch_sizes:
         backend = LocalBackend(spec, batch_size=batch_size)
-        backend.check()
-        seconds, raws = timed(spec, backend, items)
-        first = first or raws
-        parsed = sum(parse_verdict(raw).label != "unparsed" for raw in raws.values())
-        lines.append(f"| local (transformers) | batch {batch_size} | {seconds:.2f} | {args.n / seconds:.2f} | "
-                     f"{parsed}/{args.n} | {sum(raws[i] == first[i] for i in raws)}/{args.n} |")  # fmt: skip
+        line, first = table_row("local (transformers)", f"batch {batch_size}", spec, backend, items, first)
+        lines.append(line)
     print("\n".join(lines))
     return 0
 

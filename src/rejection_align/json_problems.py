@@ -166,82 +166,104 @@ def syntax_problem(
     """
     data = bytes(data)
     n = len(data)
-    stack = [_CLOSE_ARRAY] if in_array else []
-    state = (_FIRST_ITEM if item == 0 else _NEXT_ITEM) if in_array else _VALUE
+    scan = _Scan(data, in_array, item)
     pos = start
     try:
         while True:
             pos = _SPACE.match(data, pos).end()
             if pos >= n:
-                if state == _DONE:
+                if scan.state == _DONE:
                     return None
                 raise _Bad(TRUNCATED, None)
             if limit is not None and pos >= limit:
                 return None
-            char = data[pos]
-            if state == _DONE:
-                raise _Bad("trailing characters", pos)
-            if state == _AFTER_VALUE:
-                if char == 0x2C:  # ,
-                    if stack[-1] == _CLOSE_ARRAY:
-                        state = _NEXT_ITEM
-                        item += len(stack) == 1
-                    else:
-                        state = _NEXT_KEY
-                    pos += 1
-                elif char == stack[-1]:
-                    stack.pop()
-                    state = _AFTER_VALUE if stack else _DONE
-                    pos += 1
-                else:
-                    raise _Bad(f"expected ',' or '{chr(stack[-1])}'", pos)
-            elif state in (_FIRST_KEY, _NEXT_KEY):
-                if char == _CLOSE_OBJECT:
-                    if state == _NEXT_KEY:
-                        raise _Bad("trailing comma in object", pos)
-                    stack.pop()
-                    state = _AFTER_VALUE if stack else _DONE
-                    pos += 1
-                elif char == 0x22:
-                    pos = _string_end(data, pos)
-                    state = _COLON
-                else:
-                    raise _Bad("expected '\"'", pos)
-            elif state == _COLON:
-                if char != 0x3A:  # :
-                    raise _Bad("expected ':'", pos)
-                state = _VALUE
-                pos += 1
-            elif char == _CLOSE_ARRAY and state in (_FIRST_ITEM, _NEXT_ITEM):
-                if state == _NEXT_ITEM:
-                    raise _Bad("trailing comma in array", pos)
-                stack.pop()
-                state = _AFTER_VALUE if stack else _DONE
-                pos += 1
-            elif char == 0x7B:  # {
-                stack.append(_CLOSE_OBJECT)
-                state = _FIRST_KEY
-                pos += 1
-            elif char == 0x5B:  # [
-                stack.append(_CLOSE_ARRAY)
-                state = _FIRST_ITEM
-                pos += 1
-            else:
-                if char == 0x22:
-                    pos = _string_end(data, pos)
-                elif char == 0x2D or 0x30 <= char <= 0x39:  # - or a digit
-                    pos = _number_end(data, pos)
-                else:
-                    literal = next((word for word in _LITERALS if data.startswith(word, pos)), None)
-                    if literal is None:
-                        rest = data[pos : pos + 5]
-                        if pos + len(rest) == n and any(word.startswith(rest) for word in _LITERALS):
-                            raise _Bad(TRUNCATED, None)
-                        raise _Bad("invalid character", pos)
-                    pos += len(literal)
-                state = _AFTER_VALUE if stack else _DONE
+            pos = scan.step(pos)
     except _Bad as bad:
-        return SyntaxProblem(bad.problem, bad.position, len(stack), item)
+        return SyntaxProblem(bad.problem, bad.position, len(scan.stack), scan.item)
+
+
+class _Scan:
+    """The grammar's state between tokens: the closing byte of every open container, what may come next, and the
+    index of the top-level array's element being read. ``step`` reads one token; :class:`_Bad` where it breaks."""
+
+    def __init__(self, data: bytes, in_array: bool, item: int) -> None:
+        self.data = data
+        self.stack = [_CLOSE_ARRAY] if in_array else []
+        self.state = (_FIRST_ITEM if item == 0 else _NEXT_ITEM) if in_array else _VALUE
+        self.item = item
+
+    def step(self, pos: int) -> int:
+        """Read the token at ``pos`` (not white space); the offset after it."""
+        char = self.data[pos]
+        if self.state == _DONE:
+            raise _Bad("trailing characters", pos)
+        if self.state == _AFTER_VALUE:
+            return self._after_value(char, pos)
+        if self.state in (_FIRST_KEY, _NEXT_KEY):
+            return self._key(char, pos)
+        if self.state == _COLON:
+            if char != 0x3A:  # :
+                raise _Bad("expected ':'", pos)
+            self.state = _VALUE
+            return pos + 1
+        return self._value(char, pos)
+
+    def _close(self, pos: int) -> int:
+        self.stack.pop()
+        self.state = _AFTER_VALUE if self.stack else _DONE
+        return pos + 1
+
+    def _after_value(self, char: int, pos: int) -> int:
+        if char == 0x2C:  # ,
+            if self.stack[-1] == _CLOSE_ARRAY:
+                self.state = _NEXT_ITEM
+                self.item += len(self.stack) == 1
+            else:
+                self.state = _NEXT_KEY
+            return pos + 1
+        if char == self.stack[-1]:
+            return self._close(pos)
+        raise _Bad(f"expected ',' or '{chr(self.stack[-1])}'", pos)
+
+    def _key(self, char: int, pos: int) -> int:
+        if char == _CLOSE_OBJECT:
+            if self.state == _NEXT_KEY:
+                raise _Bad("trailing comma in object", pos)
+            return self._close(pos)
+        if char != 0x22:
+            raise _Bad("expected '\"'", pos)
+        self.state = _COLON
+        return _string_end(self.data, pos)
+
+    def _value(self, char: int, pos: int) -> int:
+        """A value where one may stand (or the ``]`` closing an array before its next element)."""
+        if char == _CLOSE_ARRAY and self.state in (_FIRST_ITEM, _NEXT_ITEM):
+            if self.state == _NEXT_ITEM:
+                raise _Bad("trailing comma in array", pos)
+            return self._close(pos)
+        if char in (0x7B, 0x5B):  # { or [
+            self.stack.append(_CLOSE_OBJECT if char == 0x7B else _CLOSE_ARRAY)
+            self.state = _FIRST_KEY if char == 0x7B else _FIRST_ITEM
+            return pos + 1
+        if char == 0x22:
+            pos = _string_end(self.data, pos)
+        elif char == 0x2D or 0x30 <= char <= 0x39:  # - or a digit
+            pos = _number_end(self.data, pos)
+        else:
+            pos += len(_literal(self.data, pos))
+        self.state = _AFTER_VALUE if self.stack else _DONE
+        return pos
+
+
+def _literal(data: bytes, pos: int) -> bytes:
+    """The ``true``/``false``/``null`` at ``pos``; :class:`_Bad` (truncated where the text ends in one's prefix)."""
+    literal = next((word for word in _LITERALS if data.startswith(word, pos)), None)
+    if literal is None:
+        rest = data[pos : pos + 5]
+        if pos + len(rest) == len(data) and any(word.startswith(rest) for word in _LITERALS):
+            raise _Bad(TRUNCATED, None)
+        raise _Bad("invalid character", pos)
+    return literal
 
 
 _KIND_OF_FIRST_BYTE = {

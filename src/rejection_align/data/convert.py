@@ -30,6 +30,7 @@ from .checks import check_images, check_name
 from .manifest import DatasetRecord, InputRecord, OutputRecord, dataset_record, encode_manifest, input_record
 from .outputs import (
     OutputTarget,
+    Registers,
     allow_missing_images_field,
     dataset_info_field,
     force_field,
@@ -55,7 +56,7 @@ _WHAT = "converted file"
 
 
 @dataclass(frozen=True, kw_only=True)
-class ConvertOptions:
+class ConvertOptions(Registers):
     """The options of ``convert``, declared once (:mod:`rejection_align.options`): API, command line, manifest."""
 
     file: Path = field(
@@ -99,11 +100,6 @@ class ConvertOptions:
             metavar="P", group="vlguard", help="joined before every image path (e.g. vlguard: vlguard/bad_ads/1.png)"
         ),
     )
-
-    @property
-    def registry(self) -> Path | None:
-        """The dataset_info.json to register the output in; None: not registered."""
-        return None if self.no_register else self.dataset_info
 
 
 @dataclass

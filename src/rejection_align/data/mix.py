@@ -38,6 +38,7 @@ from .forked import Forked
 from .manifest import DatasetRecord, InputRecord, OutputRecord, dataset_record, decode_manifest, encode_manifest
 from .outputs import (
     OutputTarget,
+    Registers,
     allow_missing_images_field,
     dataset_info_field,
     force_field,
@@ -93,7 +94,7 @@ _INPUTS, _SIZES, _HOW = "inputs", "sizes", "rejection examples"
 
 
 @dataclass(frozen=True, kw_only=True)
-class MixOptions:
+class MixOptions(Registers):
     """Everything that decides the content of a mix: the Python API, the command line and the manifest's options.
 
     Declared once (:mod:`rejection_align.options`): each field's metadata gives its flag and help; the manifest
@@ -204,11 +205,6 @@ class MixOptions:
             "replacement) from this LLaVA-format file's records, e.g. benign COCO images of llava_v1_5_mix665k.json",
         ),
     )
-
-    @property
-    def registry(self) -> Path | None:
-        """The dataset_info.json to register the mix in; None: not registered."""
-        return None if self.no_register else self.dataset_info
 
 
 @dataclass

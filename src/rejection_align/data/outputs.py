@@ -75,6 +75,19 @@ def allow_missing_images_field(group: str | None = OUTPUT_GROUP, record: bool = 
     )
 
 
+class Registers:
+    """Base of an options dataclass declaring ``dataset_info`` and ``no_register`` (the fields above): where its
+    output is registered, said once for ``mix`` and ``convert``. Not a dataclass: it adds no field."""
+
+    dataset_info: Path | None
+    no_register: bool
+
+    @property
+    def registry(self) -> Path | None:
+        """The dataset_info.json to register the output in; None: not registered."""
+        return None if self.no_register else self.dataset_info
+
+
 class OutputTarget:
     """``DIR/NAME.json`` (and, ``with_manifest``, ``DIR/NAME.manifest.json``) and the registration of ``NAME`` in
     ``registry`` (None: not registered), all checked when made: no output may replace one of ``inputs`` (label ->

@@ -470,39 +470,23 @@ class HFGenerator:
     def generate(
         self,
         items: Sequence[Item],
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
-        do_sample: bool | None = None,
+        **settings: Any,
     ) -> list[Answer]:
-        """Answers for ``items``, in order. Items with and without images may share a batch."""
+        """Answers for ``items``, in order. Items with and without images may share a batch.
+
+        ``settings`` are ``Decoding``'s fields by keyword (``max_new_tokens=...``, or ``Decoding.generate_kwargs()``):
+        one declaration of the decoding options serves every generator.
+        """
         if not items:
             return []
         encoded = [self.encoder.encode(item, load_image(item.image) if item.image else None) for item in items]
-        texts = self.generate_encoded(
-            encoded,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            repetition_penalty=repetition_penalty,
-            do_sample=do_sample,
-        )
+        texts = self.generate_encoded(encoded, **settings)
         return [Answer(text.strip(), prompt.rendered_prompt) for text, prompt in zip(texts, encoded, strict=True)]
 
     def generate_encoded(
         self,
         encoded: Sequence[EncodedPrompt],
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
-        do_sample: bool | None = None,
+        **settings: Any,
     ) -> list[str]:
         """Decoded answers (not stripped) for prompts already encoded by ``self.encoder``, as one batch, in order.
 
@@ -518,16 +502,16 @@ class HFGenerator:
         # the attention mask (with position ids derived from it) makes padded rows match unpadded ones.
         input_ids = [[pad_id] * (length - len(p.input_ids)) + p.input_ids for p in encoded]
         attention = [[0] * (length - len(p.input_ids)) + [1] * len(p.input_ids) for p in encoded]
-        sampling = Decoding(max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample).hf_kwargs()
+        decoding = Decoding(**settings)
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=torch.tensor(input_ids, device=self.model.device),
                 attention_mask=torch.tensor(attention, device=self.model.device),
                 **self._mm_inputs(encoded),
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=decoding.max_new_tokens,
                 eos_token_id=self.encoder.stop_token_ids(),
                 pad_token_id=pad_id,
-                **sampling,
+                **decoding.hf_kwargs(),
             )
         return self.tokenizer.batch_decode(output[:, length:], skip_special_tokens=True)
 
@@ -613,13 +597,7 @@ class VLLMGenerator:
     def generate(
         self,
         items: Sequence[Item],
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
-        do_sample: bool | None = None,
+        **settings: Any,
     ) -> list[Answer]:
         from vllm import SamplingParams
 
@@ -628,13 +606,13 @@ class VLLMGenerator:
             prompt = self.encoder.encode(item, load_image(item.image) if item.image else None)
             encoded.append(prompt)
             requests.append({"prompt_token_ids": prompt.input_ids, **self._multi_modal_data(prompt.images)})
-        used = Decoding(max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample).resolved()
+        used = Decoding(**settings).resolved()
         params = SamplingParams(
             temperature=used.temperature,
             top_p=used.top_p if used.top_p is not None else 1.0,
             top_k=used.top_k if used.top_k else -1,
             repetition_penalty=used.repetition_penalty if used.repetition_penalty is not None else 1.0,
-            max_tokens=max_new_tokens,
+            max_tokens=used.max_new_tokens,
             stop_token_ids=self.encoder.stop_token_ids(),
             skip_special_tokens=True,
         )
@@ -730,13 +708,7 @@ class HFChatGenerator:
     def generate(
         self,
         items: Sequence[Item],
-        *,
-        max_new_tokens: int,
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
-        do_sample: bool | None = None,
+        **settings: Any,
     ) -> list[Answer]:
         import torch
 
@@ -748,10 +720,13 @@ class HFChatGenerator:
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        sampling = Decoding(max_new_tokens, temperature, top_p, top_k, repetition_penalty, do_sample).hf_kwargs()
+        decoding = Decoding(**settings)
         with torch.inference_mode():
             output = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
+                **inputs,
+                max_new_tokens=decoding.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                **decoding.hf_kwargs(),
             )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         decoded = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

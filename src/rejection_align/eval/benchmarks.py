@@ -218,6 +218,23 @@ def load_mmsafetybench(
     ``<mode>/<scenario>``.
     """
     root = Path(root)
+    modes = _mmsafetybench_modes(modes, text_field)
+    questions_dir = _mmsafetybench_questions_dir(root)
+    wanted = list(MMSAFETYBENCH_SCENARIOS if scenarios is None else dict.fromkeys(scenarios))
+    _check_scenario_files(questions_dir, wanted, named=scenarios is not None)
+    imgs_dir = _mmsafetybench_imgs_dir(root, image_root, modes, wanted)
+    items: list[Item] = []
+    for scenario in wanted:
+        items += _scenario_items(questions_dir / f"{scenario}.json", scenario, modes, imgs_dir, text_field)
+    if not items:
+        raise DataError(f"{questions_dir}: the scenario files hold no questions")
+    if check:
+        check_images(items)
+    return items
+
+
+def _mmsafetybench_modes(modes: Iterable[str], text_field: str) -> list[str]:
+    """The modes asked for, once each, after checking them and the text field."""
     if text_field not in MMSAFETYBENCH_TEXT_FIELDS:
         choices = ", ".join(repr(name) for name in MMSAFETYBENCH_TEXT_FIELDS)
         raise DataError(f"unknown MM-SafetyBench text field {text_field!r}; expected one of {choices}")
@@ -225,6 +242,10 @@ def load_mmsafetybench(
     unknown = [mode for mode in modes if mode not in MMSAFETYBENCH_MODES]
     if unknown or not modes:
         raise DataError(f"unknown MM-SafetyBench mode(s) {unknown}; expected some of {list(MMSAFETYBENCH_MODES)}")
+    return modes
+
+
+def _mmsafetybench_questions_dir(root: Path) -> Path:
     if not root.is_dir():
         raise DataError(f"{root}: MM-SafetyBench folder not found")
     questions_dir = _find_dir(root, "processed_questions")
@@ -233,71 +254,79 @@ def load_mmsafetybench(
             f"{root}: not an MM-SafetyBench layout: expected {root}/processed_questions/<scenario>.json "
             f"(or {root}/data/processed_questions/), e.g. {MMSAFETYBENCH_SCENARIOS[0]}.json"
         )
+    return questions_dir
 
-    wanted = list(MMSAFETYBENCH_SCENARIOS if scenarios is None else dict.fromkeys(scenarios))
+
+def _check_scenario_files(questions_dir: Path, wanted: list[str], *, named: bool) -> None:
+    """Every wanted scenario has its file; a missing one that is a near miss of a file present is pointed at.
+
+    ``named``: the scenarios were given with ``--scenarios`` (so a near miss is the user's spelling, not a rename).
+    """
     missing = [name for name in wanted if not (questions_dir / f"{name}.json").is_file()]
-    if missing:
-        present = sorted(p.stem for p in questions_dir.glob("*.json"))
-        hints = []
-        for name in missing:
-            close = difflib.get_close_matches(name, present, n=1, cutoff=0.8)
-            if not close:
-                continue
-            if scenarios is None:  # our name is the benchmark's spelling; the file was renamed
-                hints.append(
-                    f"found {close[0]}.json where {name}.json was expected (the benchmark's spelling: rename the "
-                    f"file back, or name it with --scenarios {close[0]})"
-                )
-            else:  # the name given is not the file's
-                hints.append(f"--scenarios {name}: no such file; did you mean {close[0]} (the file that is there)?")
-        hint = ("; " + "; ".join(hints)) if hints else ""
-        subset = "" if scenarios is not None else " (to run a subset, name the scenarios with --scenarios)"
-        raise DataError(
-            f"{questions_dir}: {len(missing)} of {len(wanted)} scenario files missing: "
-            f"{', '.join(f'{name}.json' for name in missing[:MAX_LISTED])}"
-            f"{' ...' if len(missing) > MAX_LISTED else ''}{hint}{subset}"
-        )
+    if not missing:
+        return
+    present = sorted(p.stem for p in questions_dir.glob("*.json"))
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(name, present, n=1, cutoff=0.8)
+        if not close:
+            continue
+        if not named:  # our name is the benchmark's spelling; the file was renamed
+            hints.append(
+                f"found {close[0]}.json where {name}.json was expected (the benchmark's spelling: rename the "
+                f"file back, or name it with --scenarios {close[0]})"
+            )
+        else:  # the name given is not the file's
+            hints.append(f"--scenarios {name}: no such file; did you mean {close[0]} (the file that is there)?")
+    hint = ("; " + "; ".join(hints)) if hints else ""
+    subset = "" if named else " (to run a subset, name the scenarios with --scenarios)"
+    raise DataError(
+        f"{questions_dir}: {len(missing)} of {len(wanted)} scenario files missing: "
+        f"{', '.join(f'{name}.json' for name in missing[:MAX_LISTED])}"
+        f"{' ...' if len(missing) > MAX_LISTED else ''}{hint}{subset}"
+    )
 
+
+def _mmsafetybench_imgs_dir(
+    root: Path, image_root: str | os.PathLike | None, modes: list[str], wanted: list[str]
+) -> Path | None:
+    """The ``imgs/`` folder, checked to hold a folder for every scenario and image mode; None: no mode has images."""
     image_modes = [mode for mode in modes if MMSAFETYBENCH_MODES[mode][0] is not None]
-    imgs_dir: Path | None = None
-    if image_modes:
-        imgs_dir = Path(image_root) if image_root is not None else _find_dir(root, "imgs")
-        if imgs_dir is None or not imgs_dir.is_dir():
-            raise DataError(
-                f"{root}: MM-SafetyBench images not found: expected {root}/imgs/<scenario>/"
-                f"{{SD,TYPO,SD_TYPO}}/<id>.jpg (or {root}/data/imgs/; or pass --image-root) for mode(s) "
-                f"{image_modes}; mode 'text' needs no images"
-            )
-        for scenario in wanted:
-            for mode in image_modes:
-                folder = imgs_dir / scenario / str(MMSAFETYBENCH_MODES[mode][0])
-                if not folder.is_dir():
-                    raise DataError(f"{imgs_dir}: no folder {scenario}/{folder.name}/ for mode {mode}")
-
-    items: list[Item] = []
+    if not image_modes:
+        return None
+    imgs_dir = Path(image_root) if image_root is not None else _find_dir(root, "imgs")
+    if imgs_dir is None or not imgs_dir.is_dir():
+        raise DataError(
+            f"{root}: MM-SafetyBench images not found: expected {root}/imgs/<scenario>/"
+            f"{{SD,TYPO,SD_TYPO}}/<id>.jpg (or {root}/data/imgs/; or pass --image-root) for mode(s) "
+            f"{image_modes}; mode 'text' needs no images"
+        )
     for scenario in wanted:
-        path = questions_dir / f"{scenario}.json"
-        questions = parse_json(read_text(path), f"{path}: the file")
-        if not isinstance(questions, dict):
-            raise DataError(
-                f"{path}: expected a JSON object {{question id: {{...}}}}, got a {type(questions).__name__}"
-            )
-        for mode in modes:
-            image_folder, key = MMSAFETYBENCH_MODES[mode]
-            if image_folder is None:
-                key = text_field
-            for qid, entry in questions.items():
-                if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
-                    raise DataError(f"{path}: question {qid!r} has no string {key!r} (needed by mode {mode})")
-                image = None
-                if image_folder is not None and imgs_dir is not None:
-                    image = str(imgs_dir / scenario / image_folder / f"{qid}.jpg")
-                source = f"{path} question {str(qid)!r}, mode {mode}"
-                items.append(Item(str(qid), scenario, mode, entry[key], image, f"{mode}/{scenario}", source=source))
-    if not items:
-        raise DataError(f"{questions_dir}: the scenario files hold no questions")
-    if check:
-        check_images(items)
+        for mode in image_modes:
+            folder = imgs_dir / scenario / str(MMSAFETYBENCH_MODES[mode][0])
+            if not folder.is_dir():
+                raise DataError(f"{imgs_dir}: no folder {scenario}/{folder.name}/ for mode {mode}")
+    return imgs_dir
+
+
+def _scenario_items(path: Path, scenario: str, modes: list[str], imgs_dir: Path | None, text_field: str) -> list[Item]:
+    """One scenario file's items, mode by mode, in file order."""
+    questions = parse_json(read_text(path), f"{path}: the file")
+    if not isinstance(questions, dict):
+        raise DataError(f"{path}: expected a JSON object {{question id: {{...}}}}, got a {type(questions).__name__}")
+    items: list[Item] = []
+    for mode in modes:
+        image_folder, key = MMSAFETYBENCH_MODES[mode]
+        if image_folder is None:
+            key = text_field
+        for qid, entry in questions.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
+                raise DataError(f"{path}: question {qid!r} has no string {key!r} (needed by mode {mode})")
+            image = None
+            if image_folder is not None and imgs_dir is not None:
+                image = str(imgs_dir / scenario / image_folder / f"{qid}.jpg")
+            source = f"{path} question {str(qid)!r}, mode {mode}"
+            items.append(Item(str(qid), scenario, mode, entry[key], image, f"{mode}/{scenario}", source=source))
     return items
 
 
