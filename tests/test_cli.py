@@ -39,3 +39,30 @@ def test_an_unknown_command_is_refused_with_the_list_of_commands(capsys):
         main(["mixx"])
     assert exit_.value.code == 2
     assert "invalid choice: 'mixx'" in capsys.readouterr().err
+
+
+# A command whose run logs like a library at import (numexpr's "NumExpr defaulting to 2 threads.") and like us.
+_LOGGING_COMMAND = """
+import logging, sys
+import rejection_align.data.stats as stats
+from rejection_align import cli
+
+def run(args):
+    logging.getLogger("numexpr.utils").info("library info line")
+    logging.getLogger("numexpr.utils").warning("library warning line")
+    logging.getLogger("rejection_align.data.stats").info("our info line")
+    return 0
+
+stats.run = run
+raise SystemExit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_info_lines_are_shown_only_with_verbose_while_ours_and_warnings_always_are(tmp_path, verbose):
+    argv = ["-v"] * verbose + ["stats", str(tmp_path / "any.json")]
+    proc = subprocess.run([sys.executable, "-c", _LOGGING_COMMAND, *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "our info line" in proc.stderr
+    assert "library warning line" in proc.stderr
+    assert ("library info line" in proc.stderr) is verbose

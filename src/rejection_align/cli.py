@@ -60,15 +60,32 @@ def _command_of(argv: list[str]) -> str | None:
     return None
 
 
+class _OursOrWarnings(logging.Filter):
+    """Quiet by default: our own INFO lines, and only warnings and errors of the libraries (``-v`` shows all).
+
+    Libraries log INFO lines at import (numexpr's thread count, LLaMA-Factory's set-up) that say nothing about the
+    command's result; the demo keeps them in its log file, ``generate`` and ``judge`` drop them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.partition(".")[0] == "rejection_align"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(only=_command_of(argv))
     args = parser.parse_args(argv)
+    root = logging.getLogger()
+    before = list(root.handlers)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:
+        for handler in root.handlers:
+            if handler not in before:  # the terminal handler made here, not a caller's (a test's capture)
+                handler.addFilter(_OursOrWarnings())
     try:
         return int(args._run(args) or 0)
     except RejectionAlignError as err:
