@@ -98,6 +98,9 @@ def cmd_constraints(args: argparse.Namespace) -> int:
     return 0
 
 
+EXTRA_MARKER = re.compile(r"""\bextra\s*==""")
+
+
 def installed() -> dict[str, tuple[str, list[str], bool]]:
     """This interpreter's distributions: {name: (version, names it requires, installed from a folder)}."""
     from importlib import metadata
@@ -105,8 +108,14 @@ def installed() -> dict[str, tuple[str, list[str], bool]]:
     dists = {}
     for dist in metadata.distributions():
         name = canonical(dist.metadata["Name"])
-        # requirement names only; markers and extras ignored on purpose: something that may be needed is kept
-        requires = [canonical(m.group(0)) for r in dist.requires or [] if (m := re.match(r"[A-Za-z0-9][\w.-]*", r))]
+        # requirement names only; other markers ignored on purpose (something that may be needed is kept), but not
+        # what only an extra asks for: the extras a leg wants are in its lock, and another leg's (lmms-eval and its
+        # wandb in a copy of .venv) must go, or they break what imports them when present (trl imports wandb)
+        requires = [
+            canonical(m.group(0))
+            for r in dist.requires or []
+            if not EXTRA_MARKER.search(r) and (m := re.match(r"[A-Za-z0-9][\w.-]*", r))
+        ]
         direct = json.loads(dist.read_text("direct_url.json") or "{}")
         dists[name] = (dist.version, requires, "dir_info" in direct)
     return dists
