@@ -18,7 +18,7 @@ from typing import NamedTuple
 import pytest
 import yaml
 
-from rejection_align.demo import assets, pipeline
+from rejection_align.demo import assets, pipeline, tiny
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,7 +177,8 @@ def test_library_log_lines_go_to_the_demo_log_not_between_the_demo_lines(demo_ru
     log = (out / pipeline.LOG_NAME).read_text()
     assert "INFO llamafactory.model.adapter: Loaded adapter(s): " + str(out / "adapter") in log
     assert "INFO llamafactory.model.loader: all params: 182,080" in log
-    assert "Loading weights" in log
+    if tiny.transformers_major() >= 5:  # transformers 4.x draws no weight-loading bar
+        assert "Loading weights" in log
     assert "INFO rejection_align.data.mix: " in log  # our own INFO lines too: the demo prints what matters
     assert stderr == ""
 
