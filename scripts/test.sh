@@ -77,7 +77,7 @@ run_leg() {
 run_leg 0.9.5 "LLaMA-Factory 0.9.5" 'source "$HERE/setup_env.sh"' -q
 run_leg 0.9.4 "LLaMA-Factory 0.9.4" 'LEG=lf094; source "$HERE/setup_leg.sh"' -q "${LEG_TESTS[@]}"
 run_leg main "LLaMA-Factory main" 'LEG=lfmain; source "$HERE/setup_leg.sh"' -q "${LEG_TESTS[@]}"
-run_leg msgspec-oldest "oldest msgspec allowed, data error messages" \
+run_leg msgspec-oldest "oldest msgspec and filelock allowed, data tests" \
   'LEG=msgspec-oldest; source "$HERE/setup_leg.sh"' -q "${OLDEST_MSGSPEC_TESTS[@]}"
 run_leg latest "latest (newest versions the ranges allow)" 'LEG=latest; source "$HERE/setup_leg.sh"' -q
 
